@@ -1,0 +1,138 @@
+"""Cross-image self-attention injection through the attention's ``context`` input.
+
+Every self-attention layer (``attn1`` of each transformer block of ldm, sgm and diffusers UNets,
+found by structure) gets a forward pre-hook that rewrites its context: a row reads the features
+of its source row (reference-only) or [source, own] (concat). Because to_k/to_v act per token,
+this is exactly key/value injection, and whichever attention implementation A1111 swaps in
+(and LoRA or hypernetworks on to_k/to_v) applies unchanged. Reference rows are their own source:
+[K; K] attention equals K attention, so their outputs equal a plain UNet's.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .params import AttentionMode
+
+CONTEXT_NAMES = ("context", "encoder_hidden_states")
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """How the rows of the next UNet call attend: one mode, and each row's source row."""
+
+    mode: AttentionMode
+    sources: Tensor  # (rows,) long
+
+
+@dataclass(frozen=True)
+class SelfAttentionLayer:
+    name: str
+    module: nn.Module
+    context_name: str  # keyword of the layer's forward that carries the context
+    context_position: int  # its positional index after the hidden states
+
+
+def find_self_attention(unet: nn.Module) -> list[SelfAttentionLayer]:
+    """Every self-attention layer of a UNet: ``attn1`` of blocks that also have ``attn2``."""
+    layers = []
+    for name, block in unet.named_modules():
+        attn1 = getattr(block, "attn1", None)
+        if not isinstance(attn1, nn.Module) or not isinstance(getattr(block, "attn2", None), nn.Module):
+            continue
+        if getattr(block, "disable_self_attn", False) or getattr(block, "only_cross_attention", False):
+            continue
+        params = list(inspect.signature(attn1.forward).parameters)
+        context_name = next((n for n in CONTEXT_NAMES if n in params), None)
+        if context_name is None:
+            raise ValueError(f"{name}.attn1 has no context input ({type(attn1).__name__})")
+        layers.append(SelfAttentionLayer(f"{name}.attn1", attn1, context_name, params.index(context_name)))
+    return layers
+
+
+class SelfAttentionInjector:
+    """Installs the context-rewriting pre-hooks for a ``with`` block; ``plan`` steers each call.
+
+    Leaving the block removes exactly the hooks it added, also when the body raises, so the UNet
+    is left as it was found. With no plan, or a plain one, the layers run untouched.
+    """
+
+    def __init__(self, unet: nn.Module) -> None:
+        self.layers = find_self_attention(unet)
+        if not self.layers:
+            raise ValueError("the UNet has no self-attention layers (attn1) that RIVAL can align")
+        self.plan: AttentionPlan | None = None
+        self._handles: list[Any] = []
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> SelfAttentionInjector:
+        if self._handles:
+            raise RuntimeError("the RIVAL attention hooks are already installed")
+        try:
+            for layer in self.layers:
+                hook = _context_hook(self, layer)
+                self._handles.append(layer.module.register_forward_pre_hook(hook, with_kwargs=True))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook this injector installed (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+        self.plan = None
+
+    @contextmanager
+    def planned(self, plan: AttentionPlan | None) -> Iterator[None]:
+        """Use ``plan`` for the UNet calls inside the block."""
+        previous, self.plan = self.plan, plan
+        try:
+            yield
+        finally:
+            self.plan = previous
+
+
+def injected_context(own: Tensor, plan: AttentionPlan) -> Tensor:
+    """The context that makes each row attend to its source row (and itself, in concat mode)."""
+    if own.shape[0] != len(plan.sources):
+        raise RuntimeError(
+            f"RIVAL: a self-attention layer got {own.shape[0]} rows but the call was planned for "
+            f"{len(plan.sources)}; another extension may be splitting the batch"
+        )
+    source = own[plan.sources.to(own.device)]
+    if plan.mode is AttentionMode.REFERENCE:
+        return source
+    return torch.cat([source, own], dim=1)
+
+
+def _context_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer):
+    position = layer.context_position
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        plan = injector.plan
+        if plan is None or plan.mode is AttentionMode.PLAIN:
+            return None
+        hidden = args[0] if args else kwargs["x" if "x" in kwargs else "hidden_states"]
+        if len(args) > position:
+            own = args[position] if args[position] is not None else hidden
+            new_args = (*args[:position], injected_context(own, plan), *args[position + 1 :])
+            return new_args, kwargs
+        own = kwargs.get(layer.context_name)
+        own = hidden if own is None else own
+        return args, {**kwargs, layer.context_name: injected_context(own, plan)}
+
+    return hook

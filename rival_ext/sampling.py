@@ -1,0 +1,160 @@
+"""A complete RIVAL generation for a k-diffusion style model: the library's reference driver.
+
+One UNet call per model evaluation carries the reference row(s) in front of all generated rows
+(cond rows, then uncond rows, as A1111 batches them). The reference rows sit on the inversion
+chain at the evaluation's sigma; generated rows read their keys/values by role; after CFG the
+generated noise prediction is normalised to the reference-cond row's while t > t_early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .adain import adain
+from .attention import AttentionPlan, SelfAttentionInjector
+from .chain import InversionChain, check_schedule
+from .conditioning import Conditioning, Role, reference_rows
+from .latent_init import force_keep
+from .models import EpsModel
+from .noise import DiscreteSchedule, vp_scale
+from .params import AttentionMode, RivalParams
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference branch: its chain and the texts of its cond and uncond rows (one row each)."""
+
+    chain: InversionChain
+    cond: Conditioning
+    uncond: Conditioning
+
+    @property
+    def shared(self) -> bool:
+        """One reference row serves both roles when the two texts are the same (null prompt)."""
+        return self.cond is self.uncond or (
+            self.cond.context.shape == self.uncond.context.shape
+            and torch.equal(self.cond.context, self.uncond.context)
+            and (self.cond.y is None) == (self.uncond.y is None)
+            and (self.cond.y is None or torch.equal(self.cond.y, self.uncond.y))
+        )
+
+
+class RivalUNet:
+    """Evaluates rows of the generated branch together with the reference rows they need."""
+
+    def __init__(
+        self,
+        model: EpsModel,
+        injector: SelfAttentionInjector,
+        params: RivalParams,
+        reference: Reference,
+    ) -> None:
+        self.model = model
+        self.injector = injector
+        self.params = params
+        self.reference = reference
+        self.shared = reference.shared
+
+    def __call__(
+        self, z: Tensor, sigma: float, t: float, cond: Conditioning, roles: Sequence[Role]
+    ) -> tuple[Tensor, Tensor | None]:
+        """eps of the rows ``z`` (VP) and of the reference-cond row (None if not computed).
+
+        With plain attention and no AdaIN at this t the reference rows are skipped entirely, so
+        the call is exactly the one a plain generation makes.
+        """
+        if len(roles) != z.shape[0] or len(cond) != z.shape[0]:
+            raise ValueError(f"{z.shape[0]} rows need as many roles and conditioning rows")
+        mode = self.params.attention_mode(t)
+        adain_on = self.params.adain_active(t)
+        if mode is AttentionMode.PLAIN and not adain_on:
+            return self.model(z, torch.full((len(z),), t, dtype=torch.float64, device=z.device), cond), None
+        rows = reference_rows(roles if mode is not AttentionMode.PLAIN else [], self.shared, adain_on)
+        plan = None if mode is AttentionMode.PLAIN else AttentionPlan(mode, rows.sources)
+        z_ref = self.reference.chain.reference_vp(sigma).to(z.device, z.dtype)
+        batch = torch.cat([z_ref.expand(rows.count, *z_ref.shape), z])
+        texts = [self.reference.cond if r is Role.COND else self.reference.uncond for r in rows.roles]
+        conds = Conditioning.cat([*texts, cond])
+        t_vec = torch.full((len(batch),), t, dtype=torch.float64, device=z.device)
+        with self.injector.planned(plan):
+            out = self.model(batch, t_vec, conds)
+        ref_cond = rows.index(Role.COND)
+        return out[rows.count :], (out[ref_cond : ref_cond + 1] if ref_cond is not None else None)
+
+    def guided_eps(
+        self, z: Tensor, sigma: float, t: float, cond: Conditioning, uncond: Conditioning, cfg_scale: float
+    ) -> Tensor:
+        """CFG noise prediction of each generated image (B rows), then AdaIN while t > t_early."""
+        b = z.shape[0]
+        roles = [Role.COND] * b + [Role.UNCOND] * b
+        eps, eps_ref = self(torch.cat([z, z]), sigma, t, Conditioning.cat([cond, uncond]), roles)
+        eps_c, eps_u = eps[:b], eps[b:]
+        guided = eps_u + cfg_scale * (eps_c - eps_u)
+        if self.params.adain_active(t):
+            guided = adain(guided, eps_ref)
+        return guided
+
+
+def sample_euler(
+    rival: RivalUNet,
+    schedule: DiscreteSchedule,
+    x: Tensor,
+    sigmas: Tensor | list[float],
+    cond: Conditioning,
+    uncond: Conditioning,
+    cfg_scale: float,
+    regenerate: Tensor | None = None,
+) -> Tensor:
+    """Euler (= DDIM, eta 0) from the VE latent ``x`` at sigmas[0] down to sigmas[-1]; returns VP.
+
+    ``regenerate`` (h,w) bool turns on example-based inpainting: the keep region is put on the
+    reference chain before every evaluation and equals the clean reference at the end.
+    """
+    s = check_schedule(sigmas)
+    chain = rival.reference.chain
+    for i in range(len(s) - 1):
+        sigma = float(s[i])
+        if regenerate is not None:
+            x = force_keep(x, chain.reference_at(sigma), regenerate)
+        t = float(schedule.sigma_to_t(sigma))
+        eps = rival.guided_eps(x * float(vp_scale(sigma)), sigma, t, cond, uncond, cfg_scale)
+        x = x + float(s[i + 1] - s[i]) * eps
+    z = x * float(vp_scale(s[-1]))
+    if regenerate is not None:
+        z = force_keep(z, chain.origin_latent, regenerate)
+    return z
+
+
+def sample_ddim(
+    rival: RivalUNet,
+    schedule: DiscreteSchedule,
+    z: Tensor,
+    timesteps: Sequence[int],
+    cond: Conditioning,
+    uncond: Conditioning,
+    cfg_scale: float,
+    regenerate: Tensor | None = None,
+) -> Tensor:
+    """The official DDIM loop (VP, eta 0) over integer ``timesteps`` (largest first).
+
+    Each step goes to the next timestep; the last one to abar_0, as diffusers'
+    ``set_alpha_to_one=False`` does. The chain must be built on the same levels.
+    """
+    abar = schedule.alphas_cumprod
+    chain = rival.reference.chain
+    levels = [*timesteps[1:], 0]
+    for t, t_next in zip(timesteps, levels, strict=True):
+        sigma = float(schedule.sigmas[t])
+        if regenerate is not None:
+            z = force_keep(z, chain.reference_vp(sigma), regenerate)
+        eps = rival.guided_eps(z, sigma, float(t), cond, uncond, cfg_scale)
+        a, a_next = float(abar[t]), float(abar[t_next])
+        x0 = (z - (1 - a) ** 0.5 * eps) / a**0.5
+        z = a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps
+    if regenerate is not None:
+        z = force_keep(z, chain.origin_latent, regenerate)
+    return z
