@@ -8,13 +8,14 @@ is the only place that talks to the WebUI.
 
 from .adain import adain, adain_denoised
 from .attention import AttentionPlan, SelfAttentionInjector, find_self_attention
+from .batching import Reference, ReferenceRowsHook
 from .chain import InversionChain, check_schedule, invert
 from .conditioning import Conditioning, Role, reference_rows
 from .latent_init import force_keep, initial_latents, inpaint_initial_latent, latent_mask, shuffle_latent
 from .models import KDenoiser, UNetEps
 from .noise import DiscreteSchedule, ve_to_vp, vp_scale, vp_to_ve
 from .params import PRESETS, AttentionMode, InitLatent, ReferencePrompt, RivalParams, SwitchRule, preset
-from .sampling import Reference, RivalUNet, sample_ddim, sample_euler
+from .sampling import RivalUNet, sample_ddim, sample_euler
 
 __all__ = [
     "PRESETS",
@@ -27,6 +28,7 @@ __all__ = [
     "KDenoiser",
     "Reference",
     "ReferencePrompt",
+    "ReferenceRowsHook",
     "RivalParams",
     "RivalUNet",
     "Role",

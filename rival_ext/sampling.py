@@ -9,81 +9,48 @@ generated noise prediction is normalised to the reference-cond row's while t > t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .adain import adain
-from .attention import AttentionPlan, SelfAttentionInjector
-from .chain import InversionChain, check_schedule
-from .conditioning import Conditioning, Role, reference_rows
+from .attention import SelfAttentionInjector
+from .batching import Reference, ReferenceRowsHook
+from .chain import check_schedule
+from .conditioning import Conditioning, Role
 from .latent_init import force_keep
-from .models import EpsModel
+from .models import UNetEps
 from .noise import DiscreteSchedule, vp_scale
-from .params import AttentionMode, RivalParams
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The reference branch: its chain and the texts of its cond and uncond rows (one row each)."""
-
-    chain: InversionChain
-    cond: Conditioning
-    uncond: Conditioning
-
-    @property
-    def shared(self) -> bool:
-        """One reference row serves both roles when the two texts are the same (null prompt)."""
-        return self.cond is self.uncond or (
-            self.cond.context.shape == self.uncond.context.shape
-            and torch.equal(self.cond.context, self.uncond.context)
-            and (self.cond.y is None) == (self.uncond.y is None)
-            and (self.cond.y is None or torch.equal(self.cond.y, self.uncond.y))
-        )
+from .params import RivalParams
 
 
 class RivalUNet:
-    """Evaluates rows of the generated branch together with the reference rows they need."""
+    """Evaluates rows of the generated branch; the row hook adds the reference rows they need."""
 
     def __init__(
-        self,
-        model: EpsModel,
-        injector: SelfAttentionInjector,
-        params: RivalParams,
-        reference: Reference,
+        self, model: UNetEps, injector: SelfAttentionInjector, params: RivalParams, reference: Reference
     ) -> None:
         self.model = model
-        self.injector = injector
         self.params = params
         self.reference = reference
-        self.shared = reference.shared
+        self.rows = ReferenceRowsHook(
+            model.unet, injector, params, reference, model.schedule, model.parameterization
+        )
 
     def __call__(
         self, z: Tensor, sigma: float, t: float, cond: Conditioning, roles: Sequence[Role]
     ) -> tuple[Tensor, Tensor | None]:
         """eps of the rows ``z`` (VP) and of the reference-cond row (None if not computed).
 
-        With plain attention and no AdaIN at this t the reference rows are skipped entirely, so
-        the call is exactly the one a plain generation makes.
+        With plain attention and no AdaIN at this t no reference row is added, so the call is
+        exactly the one a plain generation makes.
         """
         if len(roles) != z.shape[0] or len(cond) != z.shape[0]:
             raise ValueError(f"{z.shape[0]} rows need as many roles and conditioning rows")
-        mode = self.params.attention_mode(t)
-        adain_on = self.params.adain_active(t)
-        if mode is AttentionMode.PLAIN and not adain_on:
-            return self.model(z, torch.full((len(z),), t, dtype=torch.float64, device=z.device), cond), None
-        rows = reference_rows(roles if mode is not AttentionMode.PLAIN else [], self.shared, adain_on)
-        plan = None if mode is AttentionMode.PLAIN else AttentionPlan(mode, rows.sources)
-        z_ref = self.reference.chain.reference_vp(sigma).to(z.device, z.dtype)
-        batch = torch.cat([z_ref.expand(rows.count, *z_ref.shape), z])
-        texts = [self.reference.cond if r is Role.COND else self.reference.uncond for r in rows.roles]
-        conds = Conditioning.cat([*texts, cond])
-        t_vec = torch.full((len(batch),), t, dtype=torch.float64, device=z.device)
-        with self.injector.planned(plan):
-            out = self.model(batch, t_vec, conds)
-        ref_cond = rows.index(Role.COND)
-        return out[rows.count :], (out[ref_cond : ref_cond + 1] if ref_cond is not None else None)
+        with self.rows:
+            evaluation = self.rows.begin(sigma, t, roles)
+            eps = self.model(z, torch.full((len(z),), t, dtype=torch.float64, device=z.device), cond)
+        return eps, evaluation.eps_ref
 
     def guided_eps(
         self, z: Tensor, sigma: float, t: float, cond: Conditioning, uncond: Conditioning, cfg_scale: float

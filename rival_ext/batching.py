@@ -1,0 +1,178 @@
+"""The reference rows ride in the same UNet call as the generated rows.
+
+A forward pre-hook on the UNet puts the reference row(s) for the current evaluation in front of
+the call's rows (latent from the chain at the evaluation's sigma, the call's own timestep, the
+reference texts) and plans the self-attention injection; a forward hook takes their outputs back
+off, keeping the reference-cond row's eps as the AdaIN target. Callers see a UNet that behaves as
+before for their rows. Which rows of a call are cond or uncond comes from a cursor over the
+evaluation's row layout, so any split of the rows into calls (A1111's batch_cond_uncond off,
+unequal prompt lengths, skipped uncond) routes correctly; rows past the layout belong to a foreign
+call and are left alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .attention import AttentionPlan, SelfAttentionInjector
+from .chain import InversionChain
+from .conditioning import Conditioning, ReferenceRows, Role, reference_rows
+from .noise import DiscreteSchedule, vp_scale
+from .params import AttentionMode, RivalParams
+
+ARG_NAMES = {"x": ("x", "sample"), "t": ("timesteps", "timestep", "t"), "context": ("context",), "y": ("y",)}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference branch: its chain and the texts of its cond and uncond rows (one row each)."""
+
+    chain: InversionChain
+    cond: Conditioning
+    uncond: Conditioning
+
+    @property
+    def shared(self) -> bool:
+        """One reference row serves both roles when the two texts are the same (null prompt)."""
+        a, b = self.cond, self.uncond
+        if a is b:
+            return True
+        if (a.y is None) != (b.y is None) or (a.y is not None and not torch.equal(a.y, b.y)):
+            return False
+        return a.context.shape == b.context.shape and torch.equal(a.context, b.context)
+
+
+@dataclass
+class Evaluation:
+    """One model evaluation of the sampler: its noise level and the roles of its rows, in order."""
+
+    sigma: float
+    t: float
+    roles: list[Role]
+    cursor: int = 0
+    eps_ref: Tensor | None = None  # reference-cond eps once a call has computed it
+
+
+class ReferenceRowsHook:
+    """Installs the row hooks on a UNet for a ``with`` block (removed on exit, also on error)."""
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        injector: SelfAttentionInjector,
+        params: RivalParams,
+        reference: Reference,
+        schedule: DiscreteSchedule,
+        parameterization: str = "eps",
+    ) -> None:
+        self.unet = unet
+        self.injector = injector
+        self.params = params
+        self.reference = reference
+        self.schedule = schedule
+        self.parameterization = parameterization
+        self.shared = reference.shared
+        self.evaluation: Evaluation | None = None
+        self._signature = inspect.signature(unet.forward)
+        self._names = {key: _pick(self._signature, names) for key, names in ARG_NAMES.items()}
+        self._pending: ReferenceRows | None = None
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> ReferenceRowsHook:
+        if self._handles:
+            raise RuntimeError("the RIVAL row hooks are already installed")
+        self._handles.append(self.unet.register_forward_pre_hook(self._before, with_kwargs=True))
+        self._handles.append(self.unet.register_forward_hook(self._after))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove the hooks (idempotent) and forget the evaluation."""
+        while self._handles:
+            self._handles.pop().remove()
+        self.evaluation = None
+        self._pending = None
+
+    def begin(self, sigma: float, t: float, roles: Sequence[Role]) -> Evaluation:
+        """Start a model evaluation at (sigma, t) whose rows, over all its UNet calls, have ``roles``."""
+        self.evaluation = Evaluation(float(sigma), float(t), [Role(r) for r in roles])
+        return self.evaluation
+
+    def end(self) -> None:
+        self.evaluation = None
+
+    def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        ev = self.evaluation
+        self._pending = None
+        self.injector.plan = None
+        if ev is None:
+            return None
+        bound = self._signature.bind(*args, **kwargs)
+        values = bound.arguments
+        x = values[self._names["x"]]
+        n = x.shape[0]
+        if ev.cursor + n > len(ev.roles):  # a call of someone else's: leave it alone
+            return None
+        roles = ev.roles[ev.cursor : ev.cursor + n]
+        ev.cursor += n
+        mode = self.params.attention_mode(ev.t)
+        need_target = self.params.adain_active(ev.t) and ev.eps_ref is None
+        rows = reference_rows(roles if mode is not AttentionMode.PLAIN else [], self.shared, need_target)
+        if rows.count == 0:
+            return None
+        values[self._names["x"]] = torch.cat([self._reference_latent(rows.count, x), x])
+        t_name = self._names["t"]
+        t = torch.as_tensor(values[t_name], device=x.device)
+        values[t_name] = torch.cat([t.reshape(-1)[:1].expand(rows.count), t.reshape(-1).expand(n)])
+        y_name = self._names["y"]
+        own = Conditioning(values[self._names["context"]], values.get(y_name) if y_name else None)
+        texts = [self.reference.cond if r is Role.COND else self.reference.uncond for r in rows.roles]
+        joined = Conditioning.cat([_like(text, own) for text in texts] + [own])
+        values[self._names["context"]] = joined.context
+        if joined.y is not None:
+            values[self._names["y"]] = joined.y
+        self._pending = rows
+        if mode is not AttentionMode.PLAIN:
+            self.injector.plan = AttentionPlan(mode, rows.sources)
+        return bound.args, bound.kwargs
+
+    def _after(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        rows, self._pending = self._pending, None
+        self.injector.plan = None
+        if rows is None:
+            return None
+        ev = self.evaluation
+        index = rows.index(Role.COND)
+        if ev is not None and index is not None and ev.eps_ref is None:
+            ev.eps_ref = self._as_eps(output[index : index + 1], ev)
+        return output[rows.count :]
+
+    def _reference_latent(self, count: int, like: Tensor) -> Tensor:
+        ev = self.evaluation
+        z = self.reference.chain.reference_vp(ev.sigma).to(like.device, like.dtype)
+        return z.unsqueeze(0).expand(count, *z.shape)
+
+    def _as_eps(self, out: Tensor, ev: Evaluation) -> Tensor:
+        if self.parameterization == "eps":
+            return out.detach().clone()
+        abar = float(vp_scale(ev.sigma)) ** 2
+        z = self.reference.chain.reference_vp(ev.sigma).to(out.device, out.dtype)
+        return abar**0.5 * out + (1 - abar) ** 0.5 * z
+
+
+def _pick(signature: inspect.Signature, names: tuple[str, ...]) -> str | None:
+    return next((n for n in names if n in signature.parameters), None)
+
+
+def _like(text: Conditioning, own: Conditioning) -> Conditioning:
+    """The reference text on the device and dtype of the call's own conditioning."""
+    y = None if own.y is None or text.y is None else text.y.to(own.y.device, own.y.dtype)
+    return Conditioning(text.context.to(own.context.device, own.context.dtype), y)
