@@ -128,3 +128,16 @@ def invert(
         if callback is not None:
             callback(n - k, n)
     return InversionChain(s, torch.stack(nodes), torch.stack(x0s), torch.stack(epss))
+
+
+def reconstruct(chain: InversionChain, denoiser: Denoiser) -> Tensor:
+    """Sample back down the chain's sigmas from its top with Euler (guidance 1): VP latent (1,C,H,W).
+
+    Shows how faithful the inversion is: a perfect inversion gives the clean reference back.
+    """
+    x = chain.top.unsqueeze(0)
+    s = chain.sigmas
+    for k in range(chain.steps):
+        sigma = torch.full((1,), float(s[k]), dtype=x.dtype, device=x.device)
+        x = x + float(s[k + 1] - s[k]) * (x - denoiser(x, sigma)) / float(s[k])
+    return x * float(vp_scale(s[-1]))

@@ -1,0 +1,192 @@
+"""The panel's values, from the UI's positional list or the API's single dict, validated.
+
+The positional order is the order of the panel's controls and only ever grows at the end, so
+saved UI settings and API clients that send a list keep working. API clients should send one
+dict of named values instead: unknown names and bad values are rejected with a message that
+names them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..params import PRESETS, InitLatent, ReferencePrompt, RivalParams, SwitchRule, preset
+
+CUSTOM = "custom"
+
+# Positional order of the panel's controls (append only).
+FIELDS = (
+    "enabled",
+    "reference_image",
+    "use_init_image",
+    "preset",
+    "t_align",
+    "t_early",
+    "early_plain",
+    "reference_prompt",
+    "custom_prompt",
+    "init_latent",
+    "apply_to_hires",
+    "switch_rule",
+    "adain",
+    "show_reconstruction",
+)
+
+REFERENCE_PROMPT_LABELS = {
+    "empty (null prompt)": ReferencePrompt.NULL,
+    "same as the prompt": ReferencePrompt.PROMPT,
+    "custom text": ReferencePrompt.CUSTOM,
+}
+INIT_LATENT_LABELS = {
+    "shuffled inverted latent": InitLatent.SHUFFLED,
+    "inverted latent (editing)": InitLatent.INVERTED,
+    "seed noise": InitLatent.NOISE,
+}
+SWITCH_RULE_LABELS = {
+    "official (t - 1 <= t_align)": SwitchRule.OFFICIAL,
+    "paper (t <= t_align)": SwitchRule.PAPER,
+}
+PRESET_LABELS = {p.title: name for name, p in PRESETS.items()} | {"Custom": CUSTOM}
+
+
+class RivalInputError(ValueError):
+    """Bad panel or API input; ``status_code`` makes A1111's API answer 422 with the message."""
+
+    status_code = 422
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"RIVAL: {message}")
+        self.detail = str(self)
+
+
+@dataclass(frozen=True)
+class RivalArgs:
+    """What one generation asked of RIVAL."""
+
+    enabled: bool = False
+    reference_image: Image.Image | None = None
+    use_init_image: bool = False
+    preset: str = "variation"
+    params: RivalParams = field(default_factory=RivalParams)
+    apply_to_hires: bool = False
+    show_reconstruction: bool = False
+
+
+def parse_args(args: Sequence[object]) -> RivalArgs:
+    """RivalArgs from the script's args: the positional UI values, or ``[dict]`` from the API."""
+    if len(args) >= 1 and isinstance(args[0], dict):
+        if len(args) > 1:
+            raise RivalInputError("send either one dict of named values or the positional list, not both")
+        return parse_named(args[0])
+    if len(args) > len(FIELDS):
+        raise RivalInputError(f"expected at most {len(FIELDS)} positional values, got {len(args)}")
+    return parse_named(dict(zip(FIELDS, args)), positional=True)
+
+
+def parse_named(values: dict[str, object], positional: bool = False) -> RivalArgs:
+    """RivalArgs from named values; a preset supplies every parameter that is not given."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise RivalInputError(f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(FIELDS)}")
+    enabled = _bool(values, "enabled", False)
+    preset_name = _preset_name(values.get("preset", "variation"))
+    base = RivalParams() if preset_name == CUSTOM else preset(preset_name).params
+    changes: dict[str, object] = {}
+    for name in ("t_align", "t_early", "early_plain"):
+        if values.get(name) is not None:
+            changes[name] = _number(values[name], name)
+    for name, labels in (
+        ("reference_prompt", REFERENCE_PROMPT_LABELS),
+        ("init_latent", INIT_LATENT_LABELS),
+        ("switch_rule", SWITCH_RULE_LABELS),
+    ):
+        if values.get(name) is not None:
+            changes[name] = _choice(values[name], name, labels)
+    if values.get("custom_prompt") is not None:
+        if not isinstance(values["custom_prompt"], str):
+            raise RivalInputError("custom_prompt must be a string")
+        changes["custom_prompt"] = values["custom_prompt"]
+    if values.get("adain") is not None:
+        changes["adain"] = _bool(values, "adain", True)
+    try:
+        params = base.with_values(**changes)
+    except ValueError as error:
+        raise RivalInputError(str(error)) from None
+    image = values.get("reference_image")
+    return RivalArgs(
+        enabled=enabled,
+        reference_image=decode_image(image) if enabled and image is not None else None,
+        use_init_image=_bool(values, "use_init_image", False),
+        preset=preset_name,
+        params=params,
+        apply_to_hires=_bool(values, "apply_to_hires", False),
+        show_reconstruction=_bool(values, "show_reconstruction", False),
+    )
+
+
+def decode_image(value: object) -> Image.Image:
+    """A PIL image from PIL, a numpy array, a gradio dict, or base64 / a data URL (API)."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value)
+    if isinstance(value, dict):
+        for key in ("image", "composite", "background"):
+            if value.get(key) is not None:
+                return decode_image(value[key])
+        raise RivalInputError("reference_image: the dict holds no image")
+    if isinstance(value, str):
+        text = value.split(",", 1)[1] if value.startswith("data:") else value
+        try:
+            raw = base64.b64decode(text, validate=True)
+            image = Image.open(io.BytesIO(raw))
+            image.load()
+        except (binascii.Error, ValueError):
+            raise RivalInputError("reference_image is not valid base64") from None
+        except (UnidentifiedImageError, OSError):
+            raise RivalInputError("reference_image is not an image file (PNG, JPEG, WebP, ...)") from None
+        return image
+    raise RivalInputError(f"reference_image must be an image or a base64 string, got {type(value).__name__}")
+
+
+def _preset_name(value: object) -> str:
+    if not isinstance(value, str):
+        raise RivalInputError(f"preset must be a string, got {type(value).__name__}")
+    name = PRESET_LABELS.get(value, value)
+    if name != CUSTOM and name not in PRESETS:
+        raise RivalInputError(f"unknown preset {value!r}; known: {', '.join([*PRESETS, CUSTOM])}")
+    return name
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RivalInputError(f"{name} must be a number in [0, 1000], got {value!r}")
+    if not math.isfinite(value):
+        raise RivalInputError(f"{name} must be a finite number in [0, 1000], got {value!r}")
+    return float(value)
+
+
+def _bool(values: dict[str, object], name: str, default: bool) -> bool:
+    value = values.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise RivalInputError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _choice(value: object, name: str, labels: dict) -> object:
+    if isinstance(value, str) and value in labels:
+        return labels[value]
+    allowed = {e.value for e in labels.values()}
+    if isinstance(value, str) and value in allowed:
+        return value
+    raise RivalInputError(f"{name} must be one of {', '.join(sorted(allowed))}; got {value!r}")

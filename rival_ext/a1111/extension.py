@@ -1,0 +1,115 @@
+"""What the A1111 script's callbacks do, kept out of ``scripts/`` so it can be tested and read.
+
+Each function takes A1111's objects as the callbacks receive them. The job for a generation is
+an attribute of its ``p``; the only module state is the job whose model evaluation is open
+between ``on_cfg_denoiser`` and ``on_cfg_after_cfg`` (A1111 runs one generation at a time under
+its queue lock, and the after-CFG callback carries no reference to ``p``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..image import pixel_hash
+from .args import FIELDS, RivalInputError, parse_args
+from .infotext import generation_params
+from .job import RivalJob
+from .xyz import overrides_of
+
+JOB_ATTRIBUTE = "rival_job"
+_open: RivalJob | None = None
+
+
+def job_of(p: object) -> RivalJob | None:
+    return getattr(p, JOB_ATTRIBUTE, None)
+
+
+def start(p: object, args: Sequence[object]) -> None:
+    """``process``: validate the panel, attach a job to ``p`` and make ``p.sample`` clean up."""
+    finish(p)
+    try:
+        parsed = parse_args(with_overrides(args, overrides_of(p)))
+        if not parsed.enabled:
+            return
+        if parsed.reference_image is None and not parsed.use_init_image:
+            raise RivalInputError("no reference image: upload one in the RIVAL panel or turn RIVAL off")
+    except RivalInputError as error:
+        _refuse(p, error)
+        return
+    job = RivalJob(p, parsed)
+    job.wrap_sample()
+    setattr(p, JOB_ATTRIBUTE, job)
+    image_hash = pixel_hash(parsed.reference_image) if parsed.reference_image is not None else "init image"
+    p.extra_generation_params.update(generation_params(parsed, image_hash))
+
+
+def with_overrides(args: Sequence[object], overrides: dict[str, object]) -> list[object]:
+    """The script args with XYZ-plot values applied (as one dict of named values)."""
+    if not overrides:
+        return list(args)
+    named = dict(args[0]) if args and isinstance(args[0], dict) else dict(zip(FIELDS, args))
+    return [{**named, **overrides}]
+
+
+def _refuse(p: object, error: RivalInputError) -> None:
+    """Stop the generation with ``error``: raised from p.sample, where A1111 does not swallow it."""
+    original = p.sample
+
+    def sample(*_args: object, **_kwargs: object) -> object:
+        p.sample = original
+        raise error
+
+    p.sample = sample
+    print(f"{error}")
+
+
+def before_every_sampling(p: object, x: object, noise: object) -> None:
+    job = job_of(p)
+    if job is not None:
+        job.prepare_pass(p, x, noise)
+
+
+def on_cfg_denoiser(params: object) -> None:
+    global _open
+    job = job_of(getattr(params.denoiser, "p", None))
+    if job is None or not job.active:
+        _open = None
+        return
+    job.on_cfg_denoiser(params)
+    _open = job if job.active else None
+
+
+def on_cfg_after_cfg(params: object) -> None:
+    global _open
+    job, _open = _open, None
+    if job is not None:
+        job.on_cfg_after_cfg(params)
+
+
+def post_sample(p: object, samples: object) -> None:
+    job = job_of(p)
+    if job is None:
+        return
+    job.post_sample(samples)
+    if job.notes:
+        p.extra_generation_params["RIVAL notes"] = "; ".join(job.notes)
+
+
+def postprocess(p: object, processed: object) -> None:
+    """Add the reconstruction preview to the gallery, then drop the job."""
+    job = job_of(p)
+    if job is not None and job.reconstructions and processed is not None:
+        for image in job.reconstructions:
+            processed.images.append(image)
+            processed.infotexts.append("RIVAL: inversion reconstruction of the reference")
+    finish(p)
+
+
+def finish(p: object) -> None:
+    """Remove whatever a job left (safety net beside the p.sample wrapper)."""
+    global _open
+    job = job_of(p)
+    if job is not None:
+        job.close()
+        delattr(p, JOB_ATTRIBUTE)
+    _open = None

@@ -1,0 +1,357 @@
+"""One generation with RIVAL in A1111: inversion, initial latent, hooks, AdaIN, cleanup.
+
+A ``RivalJob`` lives on the processing object ``p``. ``p.sample`` is wrapped so that every hook
+is removed in its ``finally`` (A1111 skips ``postprocess`` when sampling raises and swallows
+exceptions in script callbacks). A pass (first pass, hires pass) is prepared in
+``process_before_every_sampling``, when the sampler, the conditioning and the networks of that
+pass exist; each model evaluation is announced by ``on_cfg_denoiser`` (sigma and the row layout)
+and finished by ``on_cfg_after_cfg`` (AdaIN after CFG).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from modules import devices, shared
+from PIL import Image
+from torch import Tensor
+
+from ..adain import adain, adain_denoised
+from ..attention import SelfAttentionInjector
+from ..batching import Reference, ReferenceRowsHook
+from ..cache import ChainCache
+from ..chain import InversionChain, invert, reconstruct
+from ..conditioning import Role
+from ..image import prepare_reference
+from ..latent_init import force_keep, initial_latents, inpaint_initial_latent
+from ..models import KDenoiser
+from ..noise import DiscreteSchedule, vp_scale
+from ..params import RivalParams
+from .args import RivalArgs, RivalInputError
+from .model import (
+    A1111Eps,
+    UnsupportedModel,
+    check_supported,
+    encode_reference,
+    encode_text,
+    model_identity,
+    parameterization_of,
+    schedule_of,
+    unet_of,
+)
+
+CHAINS = ChainCache()
+
+
+class RivalAbort(BaseException):
+    """Carries an error out of a script callback, which A1111 would swallow, to the p.sample wrapper."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class RivalRuntimeError(RuntimeError):
+    """RIVAL could not run this generation (out of memory, NaN, interrupted inversion, ...)."""
+
+    status_code = 500
+
+
+class InversionInterrupted(Exception):
+    """The user pressed Interrupt or Skip during the inversion."""
+
+
+@dataclass
+class PassLevels:
+    """The noise levels one sampling pass visits, in the sampler's own terms."""
+
+    sigmas: Tensor  # VE, descending, last = origin (0 or sigma_min)
+    timesteps: bool  # DDIM/PLMS/UniPC family: the denoiser's "sigma" is a timestep, latents VP
+    txt2img: bool  # the sampler starts from unit noise (else from an init latent plus noise)
+
+
+class RivalJob:
+    """Everything RIVAL holds for one generation."""
+
+    def __init__(self, p: object, args: RivalArgs) -> None:
+        self.p = p
+        self.args = args
+        self.params: RivalParams = args.params
+        self.notes: list[str] = []
+        self.reconstructions: list[Image.Image] = []
+        self.schedule: DiscreteSchedule | None = None
+        self.levels: PassLevels | None = None
+        self.chain: InversionChain | None = None
+        self.regenerate: Tensor | None = None
+        self.sd_model: object = None
+        self.injector: SelfAttentionInjector | None = None
+        self.rows: ReferenceRowsHook | None = None
+        self._uncond_x: Tensor | None = None
+        self._original_sample: Callable | None = None
+
+    # -- lifetime ---------------------------------------------------------------------------------
+
+    def wrap_sample(self) -> None:
+        """Make ``p.sample`` remove every hook when it returns, raises or is interrupted."""
+        p, original = self.p, self.p.sample
+        self._original_sample = original
+
+        def sample(*args: object, **kwargs: object) -> object:
+            try:
+                return original(*args, **kwargs)
+            except RivalAbort as abort:
+                raise abort.error from None
+            finally:
+                self.close()
+
+        p.sample = sample
+
+    def close(self) -> None:
+        """Remove hooks and give ``p.sample`` back (idempotent)."""
+        self.uninstall()
+        if self._original_sample is not None and "sample" in vars(self.p):
+            del self.p.sample
+        self._original_sample = None
+
+    def uninstall(self) -> None:
+        if self.rows is not None:
+            self.rows.remove()
+        if self.injector is not None:
+            self.injector.remove()
+        self.rows = self.injector = None
+        self.chain = self.regenerate = self._uncond_x = None
+
+    @property
+    def active(self) -> bool:
+        return self.rows is not None
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    # -- a sampling pass --------------------------------------------------------------------------
+
+    def prepare_pass(self, p: object, x: Tensor, noise: Tensor) -> None:
+        """Invert the reference on this pass's schedule, set the start latent, install the hooks."""
+        self.uninstall()
+        hires = bool(getattr(p, "is_hr_pass", False))
+        if hires and not self.args.apply_to_hires:
+            self.note("off in the hires pass")
+            return
+        sd_model = getattr(p, "sd_model", None) or shared.sd_model
+        try:
+            check_supported(sd_model)
+            self._prepare(p, sd_model, x, noise, hires)
+        except UnsupportedModel as reason:
+            self.uninstall()
+            self.note(f"off: {reason}")
+            print(f"RIVAL is off for this generation: {reason}")
+        except InversionInterrupted:
+            self.uninstall()
+            self.note("interrupted during the inversion")
+        except (RivalInputError, RivalRuntimeError) as error:
+            self.uninstall()
+            raise RivalAbort(error) from None
+        except torch.cuda.OutOfMemoryError:
+            self.uninstall()
+            devices.torch_gc()
+            raise RivalAbort(RivalRuntimeError(
+                "RIVAL: out of GPU memory while inverting the reference; lower the size or batch, "
+                "or start A1111 with --medvram")) from None
+        except Exception as error:
+            self.uninstall()
+            raise RivalAbort(RivalRuntimeError(f"RIVAL failed while preparing the pass: {error}")) from error
+
+    def _prepare(self, p: object, sd_model: object, x: Tensor, noise: Tensor, hires: bool) -> None:
+        batch, _, h, w = x.shape
+        width, height = w * 8, h * 8
+        self.sd_model = sd_model
+        self.schedule = schedule_of(sd_model)
+        self.levels = pass_levels(p, self.schedule, txt2img=x is noise, hires=hires)
+        pixels = prepare_reference(self.reference_image(p), width, height)
+        text = self.params.reference_text(current_prompt(p))
+        cond = encode_text(sd_model, text, negative=False, width=width, height=height)
+        uncond = cond if text == "" and not getattr(sd_model, "is_sdxl", False) else encode_text(
+            sd_model, "", negative=True, width=width, height=height)
+        self.chain = self.invert(sd_model, pixels, cond, text)
+        self.regenerate = self.inpaint_region(p, (h, w))
+        self.set_initial_latent(p, x, noise, batch)
+        unet = unet_of(sd_model)
+        self.injector = SelfAttentionInjector(unet).__enter__()
+        reference = Reference(self.chain, cond, uncond)
+        self.rows = ReferenceRowsHook(
+            unet, self.injector, self.params, reference, self.schedule, parameterization_of(sd_model)
+        ).__enter__()
+
+    def reference_image(self, p: object) -> Image.Image:
+        if self.args.use_init_image:
+            images = getattr(p, "init_images", None)
+            if not images:
+                raise RivalInputError("'use the init image as reference' needs img2img with an image")
+            return images[0]
+        if self.args.reference_image is None:
+            raise RivalInputError("no reference image: upload one in the RIVAL panel or turn RIVAL off")
+        return self.args.reference_image
+
+    def invert(self, sd_model: object, pixels: Tensor, cond: object, text: str) -> InversionChain:
+        """The chain for this pass, from the cache when every input that shapes it is the same."""
+        key = (
+            model_identity(sd_model),
+            hashlib.sha256(pixels.numpy().tobytes()).hexdigest(),
+            tuple(pixels.shape),
+            tuple(round(float(s), 7) for s in self.levels.sigmas),
+            text,
+            str(devices.dtype_unet),
+            parameterization_of(sd_model),
+        )
+        chain = CHAINS.get(key)
+        if chain is not None:
+            self.note("chain from cache")
+            return chain
+        z0 = encode_reference(sd_model, pixels)
+        denoiser = KDenoiser(A1111Eps(sd_model, self.schedule), self.schedule, cond)
+        state = shared.state
+        state.textinfo = "RIVAL: inverting reference"
+        total = len(self.levels.sigmas) - 1
+
+        def progress(done: int, _total: int) -> None:
+            if state.interrupted or state.skipped:
+                raise InversionInterrupted
+            state.sampling_step, state.sampling_steps = done, total
+
+        with torch.no_grad():
+            chain = invert(z0, denoiser, self.levels.sigmas, callback=progress)
+            if self.args.show_reconstruction:
+                self.reconstructions.append(decode(sd_model, reconstruct(chain, denoiser)))
+        CHAINS.put(key, chain)
+        return chain
+
+    def inpaint_region(self, p: object, size: tuple[int, int]) -> Tensor | None:
+        """Regenerate mask on the latent grid in img2img's inpaint tab (A1111: white = regenerate)."""
+        nmask = getattr(p, "nmask", None)
+        if getattr(p, "image_mask", None) is None or nmask is None:
+            if self.args.preset == "inpainting":
+                raise RivalInputError("the Inpainting preset needs img2img's inpaint tab with a mask")
+            return None
+        if getattr(p, "inpaint_full_res", False):
+            raise RivalInputError("use 'Inpaint area: Whole picture' with RIVAL (the reference covers the "
+                                  "whole image)")
+        regenerate = (nmask[0] if nmask.dim() == 3 else nmask.reshape(-1, *nmask.shape[-2:])[0]) >= 0.5
+        if tuple(regenerate.shape) != size:
+            raise RivalInputError(f"the mask's latent size {tuple(regenerate.shape)} differs from {size}")
+        if not regenerate.any():
+            raise RivalInputError("the inpainting mask is empty: paint the region to regenerate")
+        return regenerate.cpu()
+
+    def set_initial_latent(self, p: object, x: Tensor, noise: Tensor, batch: int) -> None:
+        """Overwrite A1111's start tensors in place so that the sampler starts on the chain."""
+        chain, levels = self.chain, self.levels
+        seeds = list(getattr(p, "seeds", None) or [0] * batch)[:batch]
+        seeds += [seeds[-1] + i + 1 for i in range(batch - len(seeds))]
+        if self.regenerate is not None:
+            start = torch.stack([inpaint_initial_latent(chain.top, self.regenerate, s) for s in seeds])
+        else:
+            start = initial_latents(chain.top, seeds, self.params.init_latent)
+        if start is None:  # seed noise: leave the sampler's own start
+            return
+        if getattr(shared.opts, "img2img_extra_noise", 0) and not levels.txt2img:
+            self.note("img2img extra noise is added on top of the RIVAL start")
+        sigma0 = float(levels.sigmas[0])
+        start = start.to(x.device, torch.float32)
+        if levels.timesteps:
+            start_vp = start * float(vp_scale(sigma0))
+            if levels.txt2img:
+                x.copy_(start_vp)
+            else:
+                abar = 1.0 / (1.0 + sigma0**2)
+                noise.copy_((start_vp - abar**0.5 * x.float()) / (1 - abar) ** 0.5)
+        elif levels.txt2img:
+            scale = (1 + sigma0**2) ** 0.5 if getattr(shared.opts, "sgm_noise_multiplier", False) else sigma0
+            x.copy_(start / scale)
+        else:
+            noise.copy_((start - x.float()) / sigma0)
+
+    # -- each model evaluation --------------------------------------------------------------------
+
+    def on_cfg_denoiser(self, params: object) -> None:
+        """Announce the evaluation: its sigma and t, its row roles; force the keep region."""
+        if not self.active:
+            return
+        if shared.sd_model is not self.sd_model:
+            self.uninstall()
+            self.note("stopped at the refiner switch")
+            return
+        raw = float(params.sigma.reshape(-1)[0])
+        if self.levels.timesteps:
+            t, sigma = raw, float(self.schedule.t_to_sigma(raw))
+        else:
+            sigma, t = raw, float(self.schedule.sigma_to_t(raw))
+        n_cond, n_uncond = params.text_cond.shape[0], params.text_uncond.shape[0]
+        self.rows.begin(sigma, t, [Role.COND] * n_cond + [Role.UNCOND] * n_uncond)
+        if self.regenerate is not None:
+            chain = self.chain
+            reference = chain.reference_vp(sigma) if self.levels.timesteps else chain.reference_at(sigma)
+            params.x = force_keep(params.x, reference, self.regenerate)
+            params.denoiser.mask = None  # A1111's own blend would pull the keep region off the chain
+        self._uncond_x = params.x[-n_uncond:]
+
+    def on_cfg_after_cfg(self, params: object) -> None:
+        """AdaIN of the guided prediction to the reference-cond row's, while t > t_early."""
+        if not self.active or self.rows.evaluation is None:
+            return
+        evaluation = self.rows.evaluation
+        self.rows.end()
+        if not self.params.adain_active(evaluation.t) or evaluation.eps_ref is None:
+            return
+        if self.levels.timesteps:
+            params.x = adain(params.x, evaluation.eps_ref)
+            return
+        x = self._uncond_x
+        sigma = torch.full((x.shape[0],), evaluation.sigma, device=x.device)
+        params.x = adain_denoised(params.x, x, sigma, evaluation.eps_ref)
+
+    def post_sample(self, samples: Tensor) -> None:
+        """Inpainting: the keep region ends exactly on the clean reference (official last overwrite)."""
+        if self.regenerate is not None and self.chain is not None and isinstance(samples, Tensor):
+            samples.copy_(force_keep(samples, self.chain.origin_latent, self.regenerate))
+
+
+def current_prompt(p: object) -> str:
+    prompts = getattr(p, "prompts", None) or getattr(p, "all_prompts", None)
+    return prompts[0] if prompts else getattr(p, "prompt", "")
+
+
+def pass_levels(p: object, schedule: DiscreteSchedule, txt2img: bool, hires: bool) -> PassLevels:
+    """The sigmas the sampler will visit in this pass, ending at the chain's origin."""
+    from modules import sd_samplers_common
+
+    sampler = p.sampler
+    if hires:
+        steps, t_enc = sd_samplers_common.setup_img2img_steps(p, p.hr_second_pass_steps or p.steps)
+    elif not txt2img:
+        steps, t_enc = sd_samplers_common.setup_img2img_steps(p)
+    else:
+        steps, t_enc = p.steps, None
+    if hasattr(sampler, "get_sigmas"):
+        sigmas = torch.as_tensor(sampler.get_sigmas(p, steps), dtype=torch.float64).cpu()
+        if t_enc is not None:
+            sigmas = sigmas[steps - t_enc - 1 :]
+        return PassLevels(sigmas, timesteps=False, txt2img=txt2img)
+    if hasattr(sampler, "get_timesteps"):
+        ts = torch.as_tensor(sampler.get_timesteps(p, steps)).long().cpu()
+        if t_enc is not None:
+            ts = ts[: t_enc + 1]
+        sigmas = torch.cat([schedule.sigmas[ts.flip(0)], schedule.sigmas[:1]])
+        return PassLevels(sigmas, timesteps=True, txt2img=txt2img)
+    raise UnsupportedModel(f"the sampler {type(sampler).__name__} has no noise schedule RIVAL can read")
+
+
+@torch.no_grad()
+def decode(sd_model: object, latent: Tensor) -> Image.Image:
+    """A latent as a PIL image (for the reconstruction preview)."""
+    x = sd_model.decode_first_stage(latent.to(devices.device, devices.dtype_vae))
+    array = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)

@@ -1,0 +1,134 @@
+"""What RIVAL needs from A1111's loaded model: UNet, schedule, VAE mean, text rows, eps.
+
+Everything goes through the model object A1111 hands the sampler (``apply_model`` with its
+casts and autocast, ``get_learned_conditioning`` with textual inversion and LoRA in effect), so
+the reference is treated exactly like the generated image.
+"""
+
+from __future__ import annotations
+
+import torch
+from modules import devices, shared
+from torch import Tensor, nn
+
+from ..conditioning import Conditioning
+from ..noise import DiscreteSchedule, vp_scale
+
+
+class UnsupportedModel(Exception):
+    """RIVAL cannot run on this model or with this combination; the message says why."""
+
+
+def unet_of(sd_model: object) -> nn.Module:
+    return sd_model.model.diffusion_model
+
+
+def is_sdxl(sd_model: object) -> bool:
+    return bool(getattr(sd_model, "is_sdxl", False))
+
+
+def check_supported(sd_model: object) -> None:
+    """Raise UnsupportedModel for model families and setups where RIVAL would be wrong."""
+    if sd_model is None:
+        raise UnsupportedModel("no model is loaded")
+    if getattr(sd_model, "is_sd3", False):
+        raise UnsupportedModel("SD3 models have no UNet self-attention to align")
+    unet = unet_of(sd_model)
+    key = getattr(getattr(sd_model, "model", None), "conditioning_key", "crossattn")
+    if key == "hybrid" or getattr(unet, "in_channels", 4) != 4:
+        raise UnsupportedModel("inpainting (9-channel) and InstructPix2Pix models are not supported; "
+                               "use a normal checkpoint")
+    if key == "crossattn-adm" and not is_sdxl(sd_model):
+        raise UnsupportedModel("unCLIP models are not supported")
+    try:
+        from modules import sd_unet
+
+        if getattr(sd_unet, "current_unet", None) is not None:
+            raise UnsupportedModel("a replacement UNet (TensorRT or similar) is active; RIVAL needs the "
+                                   "PyTorch UNet")
+    except ImportError:
+        pass
+    for name, block in unet.named_modules():
+        hijacked = "_forward" in vars(block) or hasattr(block, "_original_inner_forward_cn_hijack")
+        if hasattr(block, "attn1") and hijacked:
+            raise UnsupportedModel(f"another extension (ControlNet reference/StyleAlign?) rewrote {name}; "
+                                   "turn its reference modes off to use RIVAL")
+
+
+def schedule_of(sd_model: object) -> DiscreteSchedule:
+    return DiscreteSchedule(sd_model.alphas_cumprod.detach().to("cpu", torch.float64))
+
+
+def parameterization_of(sd_model: object) -> str:
+    return "v" if getattr(sd_model, "parameterization", "eps") == "v" else "eps"
+
+
+@torch.no_grad()
+def encode_reference(sd_model: object, pixels: Tensor) -> Tensor:
+    """The reference's latent from the VAE posterior mean (deterministic, as the official code)."""
+    x = pixels.to(devices.device, devices.dtype_vae)
+    posterior = sd_model.encode_first_stage(x)
+    if hasattr(posterior, "mode"):
+        latent = sd_model.get_first_stage_encoding(posterior.mode())
+    else:  # sgm returns a sample already: make it reproducible
+        with torch.random.fork_rng(devices=[] if x.device.type == "cpu" else [x.device]):
+            torch.manual_seed(0)
+            latent = sd_model.get_first_stage_encoding(sd_model.encode_first_stage(x))
+    latent = latent.float()
+    if not torch.isfinite(latent).all():
+        raise ValueError("the VAE produced NaN/inf for the reference; try --no-half-vae or an fp16-fix VAE")
+    return latent
+
+
+@torch.no_grad()
+def encode_text(sd_model: object, text: str, negative: bool, width: int, height: int) -> Conditioning:
+    """One conditioning row for ``text`` (SDXL: with its pooled vector and size ids)."""
+    try:
+        from modules.prompt_parser import SdConditioning
+
+        prompts = SdConditioning([text], is_negative_prompt=negative, width=width, height=height)
+    except ImportError:
+        prompts = [text]
+    with devices.autocast():
+        encoded = sd_model.get_learned_conditioning(prompts)
+    if isinstance(encoded, dict):
+        return Conditioning(encoded["crossattn"].float(), encoded["vector"].float())
+    return Conditioning(encoded.float())
+
+
+class A1111Eps:
+    """eps(z, t, cond) through ``sd_model.apply_model`` (v outputs converted), for the inversion."""
+
+    def __init__(self, sd_model: object, schedule: DiscreteSchedule) -> None:
+        self.sd_model = sd_model
+        self.schedule = schedule
+        self.v = parameterization_of(sd_model) == "v"
+
+    def __call__(self, z: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        if cond.y is not None:
+            c = {"crossattn": cond.context.to(z), "vector": cond.y.to(z)}
+        else:
+            c = {"c_crossattn": [cond.context.to(z)]}
+        with devices.autocast():
+            out = self.sd_model.apply_model(z, t.to(z.device, torch.float32), c).float()
+        if not self.v:
+            return out
+        abar = (vp_scale(self.schedule.t_to_sigma(t)) ** 2).to(z).reshape(-1, 1, 1, 1)
+        return abar.sqrt() * out + (1 - abar).sqrt() * z.float()
+
+
+def model_identity(sd_model: object) -> str:
+    """A string that changes when the weights in effect change (checkpoint, VAE, networks)."""
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    parts = [
+        getattr(info, "shorthash", None) or getattr(info, "name", None) or str(id(sd_model)),
+        str(getattr(shared.opts, "sd_vae", "") if hasattr(shared, "opts") else ""),
+        str(getattr(sd_model, "sd_model_hash", "")),
+    ]
+    try:
+        import networks  # A1111's built-in Lora extension
+
+        parts += [f"{n.name}:{n.te_multiplier}:{n.unet_multiplier}" for n in networks.loaded_networks]
+    except (ImportError, AttributeError):
+        pass
+    return "|".join(parts)

@@ -1,0 +1,47 @@
+"""RIVAL's section on A1111's Settings page."""
+
+from __future__ import annotations
+
+from ..params import PRESETS
+from .job import CHAINS
+
+SECTION = ("rival", "RIVAL")
+
+
+def add_settings() -> None:
+    """``on_ui_settings``: default preset and the chain cache's bounds."""
+    import gradio as gr
+    from modules import shared
+
+    options = {
+        "rival_default_preset": shared.OptionInfo(
+            "variation", "Default RIVAL application preset", gr.Dropdown,
+            {"choices": list(PRESETS)}, section=SECTION,
+        ).needs_reload_ui(),
+        "rival_chain_cache_entries": shared.OptionInfo(
+            4, "Inversion chains kept in memory (0 = invert every time)", gr.Slider,
+            {"minimum": 0, "maximum": 32, "step": 1}, onchange=apply_cache_settings, section=SECTION,
+        ),
+        "rival_chain_cache_mb": shared.OptionInfo(
+            256, "Memory for cached inversion chains (MB)", gr.Slider,
+            {"minimum": 16, "maximum": 4096, "step": 16}, onchange=apply_cache_settings, section=SECTION,
+        ),
+    }
+    for key, info in options.items():
+        shared.opts.add_option(key, info)
+
+
+def apply_cache_settings() -> None:
+    from modules import shared
+
+    opts = shared.opts
+    entries = int(getattr(opts, "rival_chain_cache_entries", 4))
+    megabytes = int(getattr(opts, "rival_chain_cache_mb", 256))
+    CHAINS.resize(entries, megabytes * 2**20)
+
+
+def default_preset() -> str:
+    from modules import shared
+
+    name = getattr(shared.opts, "rival_default_preset", "variation")
+    return name if name in PRESETS else "variation"
