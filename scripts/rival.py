@@ -17,6 +17,10 @@ class RivalScript(scripts.Script):
     def ui(self, is_img2img):
         return ui.build(self, is_img2img, settings.default_preset())
 
+    def after_component(self, component, **kwargs):
+        if kwargs.get("elem_id") in ("txt2img_gallery", "img2img_gallery"):
+            ui.connect_gallery(self, component)
+
     def process(self, p, *args):
         settings.apply_cache_settings()
         extension.start(p, args)

@@ -73,6 +73,8 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
         with gr.Row():
             reference_image = gr.Image(label="Reference image", type="pil", elem_id=elem("reference_image"))
             with gr.Column():
+                use_result = gr.Button("Use the selected result", elem_id=elem("use_result"))
+                result_index = gr.Number(value=0, visible=False)
                 preset_box = gr.Dropdown(
                     label="Application", choices=list(PRESET_LABELS), value=base.title,
                     elem_id=elem("preset"), info=HINTS["preset"],
@@ -121,9 +123,35 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
         "apply_to_hires": apply_to_hires, "switch_rule": switch_rule, "adain": adain,
         "show_reconstruction": show_reconstruction,
     }
+    script.rival_result_button = (use_result, result_index, reference_image)
     script.infotext_fields = infotext_fields(components)
     script.paste_field_names = [key for _, key in script.infotext_fields if isinstance(key, str)]
     return [components[name] for name in FIELDS]
+
+
+def connect_gallery(script: object, gallery: object) -> None:
+    """Wire "Use the selected result" to the tab's gallery once A1111 has created it."""
+    button, index, image = getattr(script, "rival_result_button", (None, None, None))
+    if button is not None:
+        button.click(selected_image, _js="rivalSelectedResult", inputs=[index, gallery], outputs=[image])
+
+
+def selected_image(index: float, gallery: list | None) -> object:
+    """The gallery item at ``index`` as a PIL image (gradio 3 gives paths, dicts or data URLs)."""
+    from PIL import Image
+
+    from .args import decode_image
+
+    if not gallery:
+        return gr.update()
+    item = gallery[min(max(int(index or 0), 0), len(gallery) - 1)]
+    if isinstance(item, (list, tuple)):
+        item = item[0]
+    if isinstance(item, dict):
+        item = item.get("name") or item.get("data")
+    if isinstance(item, str) and not item.startswith("data:"):
+        return Image.open(item).convert("RGB")
+    return decode_image(item)
 
 
 def infotext_fields(components: dict) -> list[tuple[object, object]]:
