@@ -1,7 +1,11 @@
-"""Run by A1111 at every start: RIVAL needs nothing beyond what A1111 ships (torch, numpy, pillow,
-einops, gradio); this only installs einops on the rare setup that lacks it."""
+"""Run by A1111 at every start. RIVAL needs nothing beyond what A1111 ships (torch, numpy, pillow,
+gradio), so nothing is installed; this only warns early about a torch too old for its hooks."""
 
-import launch
+import importlib.metadata
 
-if not launch.is_installed("einops"):
-    launch.run_pip("install einops", "einops for sd-webui-rival")
+try:
+    major, minor = (int(part) for part in importlib.metadata.version("torch").split(".")[:2])
+    if (major, minor) < (2, 1):
+        print(f"sd-webui-rival needs torch >= 2.1 (found {major}.{minor}); RIVAL will refuse to run.")
+except importlib.metadata.PackageNotFoundError:
+    pass
