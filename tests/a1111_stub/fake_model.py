@@ -1,0 +1,159 @@
+"""A tiny SD1-shaped model that looks like A1111's loaded ``LatentDiffusion`` to an extension.
+
+The UNet is a real ``ldm`` UNetModel (SpatialTransformer blocks, attn1/attn2) with every parameter
+re-randomised (ldm zero-inits its output layers, which would hide any attention change). The text
+encoder and VAE are deterministic stand-ins. Float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from types import SimpleNamespace
+
+import torch
+from ldm.modules.diffusionmodules.openaimodel import UNetModel
+from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+
+CONTEXT_DIM = 32
+TOKENS = 77
+
+
+def make_unet(seed: int = 0, std: float = 0.05) -> UNetModel:
+    unet = UNetModel(image_size=16, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=1,
+                     attention_resolutions=[1, 2], channel_mult=[1, 2], num_heads=2,
+                     use_spatial_transformer=True, transformer_depth=1, context_dim=CONTEXT_DIM, legacy=False)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return unet.eval()
+
+
+class DiffusionWrapper(torch.nn.Module):
+    """ldm's wrapper for conditioning_key 'crossattn': ``diffusion_model(x, t, context=cat(c_crossattn, 1))``."""
+
+    conditioning_key = "crossattn"
+
+    def __init__(self, diffusion_model: torch.nn.Module):
+        super().__init__()
+        self.diffusion_model = diffusion_model
+
+    def forward(self, x, t, c_concat: list | None = None, c_crossattn: list | None = None, c_adm=None):
+        return self.diffusion_model(x, t, context=torch.cat(c_crossattn, 1))
+
+
+class FakeVAE(torch.nn.Module):
+    """8x average pooling + a fixed 1x1 conv to 4 channels; decoding inverts the conv and upsamples (nearest).
+    ``encode`` returns ldm's DiagonalGaussianDistribution with a small fixed variance."""
+
+    def __init__(self, scale_factor: float, seed: int = 1234):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        weight = torch.randn(4, 3, generator=g) / 3 ** 0.5  # scaled latent = weight @ pooled RGB in [-1, 1]
+        self.enc = torch.nn.Conv2d(3, 4, 1, bias=False)
+        self.enc.weight.data.copy_(weight[:, :, None, None] / scale_factor)
+        self.register_buffer("dec", torch.linalg.pinv(weight / scale_factor))
+        self.logvar = -7.0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.enc.weight.dtype
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
+        mean = self.enc(torch.nn.functional.avg_pool2d(x.to(self.dtype), 8))
+        return DiagonalGaussianDistribution(torch.cat([mean, torch.full_like(mean, self.logvar)], 1))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        rgb = torch.einsum("cd,bdhw->bchw", self.dec.to(z.dtype), z)
+        return torch.nn.functional.interpolate(rgb, scale_factor=8, mode="nearest")
+
+
+def _prompt_tokens(prompt: str) -> int:
+    return len(prompt.split())
+
+
+def encode_text(prompt: str) -> torch.Tensor:
+    """Deterministic fake CLIP: (77 * chunks, 32), one chunk per 75 words; the same text always gives the
+    same tensor and "" gives one fixed (77, 32) embedding."""
+    chunks = max(1, -(-_prompt_tokens(prompt) // 75))
+    seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "little")
+    return torch.randn(TOKENS * chunks, CONTEXT_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+class FakeLatentDiffusion(torch.nn.Module):
+    parameterization = "eps"
+    cond_stage_key = "txt"
+    is_sd1, is_sd2, is_sdxl, is_sd3, is_ssd, is_sdxl_inpaint = True, False, False, False, False, False
+    latent_channels = 4
+    scale_factor = 0.18215
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.model = DiffusionWrapper(make_unet(seed))
+        self.first_stage_model = FakeVAE(self.scale_factor)
+        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+        self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, 0).float())
+        self.alphas_cumprod_original = self.alphas_cumprod
+        self.sd_model_hash = f"{seed:010d}"
+        self.sd_checkpoint_info = SimpleNamespace(
+            name=f"fake-sd1-{seed}.safetensors", name_for_extra=f"fake-sd1-{seed}", model_name=f"fake-sd1-{seed}",
+            filename=f"/models/fake-sd1-{seed}.safetensors", shorthash=self.sd_model_hash, sha256=None,
+            title=f"fake-sd1-{seed}.safetensors [{self.sd_model_hash}]", short_title=f"fake-sd1-{seed}")
+        self.cond_stage_model_empty_prompt = encode_text("")[None]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
+    def apply_model(self, x_noisy, t, cond, return_ids=False):
+        if not isinstance(cond, dict):
+            cond = {"c_crossattn": cond if isinstance(cond, list) else [cond]}
+        return self.model(x_noisy, t, **cond)
+
+    def get_learned_conditioning(self, c) -> torch.Tensor:
+        """(len(c), 77 * chunks, 32); shorter prompts in one call are padded with empty-prompt chunks."""
+        conds = [encode_text(text) for text in c]
+        n = max(x.shape[0] for x in conds)
+        empty = self.cond_stage_model_empty_prompt[0]
+        return torch.stack([torch.cat([x, *[empty] * ((n - x.shape[0]) // TOKENS)]) for x in conds])
+
+    def encode_first_stage(self, x):
+        return self.first_stage_model.encode(x)
+
+    def get_first_stage_encoding(self, encoder_posterior) -> torch.Tensor:
+        if isinstance(encoder_posterior, DiagonalGaussianDistribution):
+            z = encoder_posterior.sample()
+        elif isinstance(encoder_posterior, torch.Tensor):
+            z = encoder_posterior
+        else:
+            raise NotImplementedError(f"encoder_posterior of type '{type(encoder_posterior)}' not yet implemented")
+        return self.scale_factor * z
+
+    def decode_first_stage(self, z):
+        return self.first_stage_model.decode(z / self.scale_factor)
+
+    @contextlib.contextmanager
+    def ema_scope(self, context=None):
+        yield None
+
+
+def install(seed: int = 0) -> FakeLatentDiffusion:
+    """Build the fake model and make it ``shared.sd_model`` (what ``p.sd_model`` always returns)."""
+    from modules import shared
+
+    shared.sd_model = FakeLatentDiffusion(seed)
+    return shared.sd_model
+
+
+def reset_a1111_state() -> None:
+    """Default opts, a fresh ``shared.state``, no registered callbacks, no recorded errors."""
+    from modules import errors, script_callbacks, shared
+
+    shared.reset()
+    script_callbacks.clear_callbacks()
+    errors.exception_records.clear()
