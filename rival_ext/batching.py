@@ -98,6 +98,8 @@ class ReferenceRowsHook:
         """Remove the hooks (idempotent) and forget the evaluation."""
         while self._handles:
             self._handles.pop().remove()
+        if self._pending is not None:  # a call raised between the two hooks: drop the plan it set
+            self.injector.plan = None
         self.evaluation = None
         self._pending = None
 

@@ -122,7 +122,7 @@ class RivalJob:
         if self.injector is not None:
             self.injector.remove()
         self.rows = self.injector = None
-        self.chain = self.regenerate = self._uncond_x = None
+        self._uncond_x = None
 
     @property
     def active(self) -> bool:
@@ -137,6 +137,7 @@ class RivalJob:
     def prepare_pass(self, p: object, x: Tensor, noise: Tensor) -> None:
         """Invert the reference on this pass's schedule, set the start latent, install the hooks."""
         self.uninstall()
+        self.chain = self.regenerate = None
         hires = bool(getattr(p, "is_hr_pass", False))
         if hires and not self.args.apply_to_hires:
             self.note("off in the hires pass")

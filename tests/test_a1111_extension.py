@@ -1,0 +1,370 @@
+"""The A1111 extension end to end, over the v1.10.1 ``modules`` stub and a small real ldm UNet.
+
+Each test drives ``processing.process_images`` with the real ``scripts/rival.py`` attached, the way
+A1111 does, and checks exact properties: disabled is bit-identical, hooks are gone afterwards,
+results do not depend on how A1111 batches rows, bad input stops with a named error.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "a1111_stub"))
+
+import fake_model  # noqa: E402
+from modules import errors, processing, script_callbacks, scripts, shared  # noqa: E402
+
+from rival_ext.a1111 import extension  # noqa: E402
+from rival_ext.a1111.args import FIELDS, RivalInputError  # noqa: E402
+from rival_ext.a1111.job import CHAINS  # noqa: E402
+
+
+def reference_image() -> Image.Image:
+    import skimage.data
+
+    return Image.fromarray(skimage.data.chelsea())
+
+
+@pytest.fixture
+def a1111():
+    """Fresh A1111 state, the fake model loaded, and the extension's script module imported."""
+    fake_model.reset_a1111_state()
+    model = fake_model.install()
+    CHAINS.clear()
+    spec = importlib.util.spec_from_file_location("rival_script", ROOT / "scripts" / "rival.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield model, module
+    fake_model.reset_a1111_state()
+
+
+def hook_count(model) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.model.diffusion_model.modules())
+
+
+def callback_count() -> int:
+    return sum(len(script_callbacks.ordered_callbacks(c)) for c in ("cfg_denoiser", "cfg_after_cfg"))
+
+
+def txt2img(module, rival: dict | list | None, **settings) -> tuple[object, object]:
+    """Run a txt2img with the RIVAL script attached (``rival`` None: extension absent)."""
+    p = processing.StableDiffusionProcessingTxt2Img(
+        prompt=settings.pop("prompt", "a cat"), negative_prompt=settings.pop("negative_prompt", "ugly"),
+        steps=settings.pop("steps", 6), width=64, height=64, seed=settings.pop("seed", 3),
+        sampler_name=settings.pop("sampler_name", "Euler"), cfg_scale=5, **settings,
+    )
+    if rival is not None:
+        runner = scripts.ScriptRunner([module.RivalScript()])
+        p.scripts = runner
+        p.script_args = runner.script_args_for([rival if isinstance(rival, list) else [rival]])
+    return p, processing.process_images(p)
+
+
+def pixels(result, index: int = 0) -> np.ndarray:
+    return np.asarray(result.images[index]).astype(np.int16)
+
+
+def enabled(**values) -> dict:
+    return {"enabled": True, "reference_image": reference_image(), **values}
+
+
+def test_disabled_is_bit_identical_to_the_extension_absent(a1111):
+    _, module = a1111
+    _, absent = txt2img(module, None)
+    _, disabled = txt2img(module, {"enabled": False, "reference_image": reference_image()})
+    _, positional = txt2img(module, [False, None])
+    assert np.array_equal(pixels(absent), pixels(disabled))
+    assert np.array_equal(pixels(absent), pixels(positional))
+
+
+def test_rival_changes_the_image_and_leaves_no_hook(a1111):
+    model, module = a1111
+    hooks, callbacks = hook_count(model), callback_count()
+    _, plain = txt2img(module, None)
+    p, result = txt2img(module, enabled())
+    assert not np.array_equal(pixels(plain), pixels(result))
+    assert hook_count(model) == hooks and callback_count() == callbacks
+    assert "sample" not in vars(p) and extension.job_of(p) is None
+    assert "RIVAL: variation" in result.info and "RIVAL t_align: 600" in result.info
+    _, after = txt2img(module, None)
+    assert np.array_equal(pixels(plain), pixels(after))
+    assert not errors.exception_records
+
+
+def test_a_failure_mid_sampling_removes_every_hook(a1111):
+    model, module = a1111
+    _, before = txt2img(module, None)
+    unet, calls = model.model.diffusion_model, []
+
+    def fail_on_third_call(*_args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+
+    handle = unet.register_forward_pre_hook(fail_on_third_call)
+    hooks = hook_count(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        txt2img(module, enabled())
+    handle.remove()
+    assert hook_count(model) == hooks - 1 == 0
+    _, after = txt2img(module, None)
+    assert np.array_equal(pixels(before), pixels(after))
+
+
+def test_interrupt_mid_sampling_ends_cleanly(a1111):
+    model, module = a1111
+    seen = []
+
+    def interrupt_at_step_two(params):
+        seen.append(1)
+        if len(seen) == 2:
+            shared.state.interrupt()
+
+    script_callbacks.on_cfg_denoiser(interrupt_at_step_two)
+    p, result = txt2img(module, enabled())
+    assert len(seen) == 2 and len(result.images) == 1
+    assert hook_count(model) == 0 and extension.job_of(p) is None
+
+
+def test_interrupt_during_the_inversion_leaves_no_hook(a1111):
+    model, module = a1111
+    calls = []
+
+    def interrupt(*_args):
+        calls.append(1)
+        if len(calls) == 2:
+            shared.state.interrupt()
+
+    handle = model.model.diffusion_model.register_forward_pre_hook(interrupt)
+    _p, result = txt2img(module, enabled())
+    handle.remove()
+    assert "interrupted during the inversion" in result.info
+    assert hook_count(model) == 0
+
+
+@pytest.mark.parametrize("setting", ["batch_cond_uncond", "unequal_lengths"])
+def test_results_do_not_depend_on_how_a1111_batches_rows(a1111, setting):
+    """Invariant 10 end to end: one call of all rows, calls of B rows, or cond and uncond apart."""
+    _, module = a1111
+    _, together = txt2img(module, enabled(), batch_size=2)
+    if setting == "batch_cond_uncond":
+        shared.opts.batch_cond_uncond = False
+        _, apart = txt2img(module, enabled(), batch_size=2)
+    else:  # a negative prompt over 75 tokens: A1111 calls cond and uncond rows separately
+        long_negative = " ".join(["blurry"] * 80)
+        _, apart = txt2img(module, enabled(), batch_size=2, negative_prompt=long_negative)
+        _, together = txt2img(module, enabled(), batch_size=2, negative_prompt=long_negative,
+                              prompt="a cat " + " ".join(["sharp"] * 80))
+        shared.opts.batch_cond_uncond = False
+        _, apart = txt2img(module, enabled(), batch_size=2, negative_prompt=long_negative,
+                           prompt="a cat " + " ".join(["sharp"] * 80))
+    for i in range(2):
+        assert np.abs(pixels(together, i) - pixels(apart, i)).max() <= 1
+
+
+def test_an_image_does_not_depend_on_its_batch(a1111):
+    """Invariant 18 end to end: image 1 of a batch of 2 equals the same seed generated alone."""
+    _, module = a1111
+    _, batch = txt2img(module, enabled(), batch_size=2, seed=10)
+    _, alone = txt2img(module, enabled(), seed=11)
+    assert np.abs(pixels(batch, 1) - pixels(alone)).max() <= 1
+
+
+def test_skipped_uncond_rows_route_correctly(a1111):
+    _, module = a1111
+    shared.opts.skip_early_cond = 0.5
+    _p, result = txt2img(module, enabled())
+    assert len(result.images) == 1 and not errors.exception_records
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "Heun", "DPM2", "DPM++ 2M", "DDIM"])
+def test_every_sampler_family_runs_with_rival(a1111, sampler):
+    model, module = a1111
+    _, plain = txt2img(module, None, sampler_name=sampler)
+    _, result = txt2img(module, enabled(), sampler_name=sampler)
+    assert not np.array_equal(pixels(plain), pixels(result))
+    assert hook_count(model) == 0 and not errors.exception_records
+
+
+def test_the_chain_is_reused_for_the_same_inputs(a1111):
+    _, module = a1111
+    _, first = txt2img(module, enabled())
+    _, second = txt2img(module, enabled())
+    assert len(CHAINS) == 1 and "chain from cache" in second.info
+    assert np.array_equal(pixels(first), pixels(second))
+    txt2img(module, enabled(), steps=7)
+    assert len(CHAINS) == 2
+
+
+def test_api_dict_with_base64_reference(a1111):
+    _, module = a1111
+    buffer = io.BytesIO()
+    reference_image().save(buffer, format="PNG")
+    data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    _, from_api = txt2img(module, {"enabled": True, "reference_image": data_url, "preset": "prompt_guided"})
+    _, from_ui = txt2img(module, [True, reference_image(), False, "Prompt-guided (style transfer)"])
+    assert np.array_equal(pixels(from_api), pixels(from_ui))
+    assert "RIVAL early plain: 960" in from_api.info
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"enabled": True, "t_algn": 3}, "unknown field"),
+        ({"enabled": True, "reference_image": "not base64!"}, "not valid base64"),
+        ({"enabled": True, "reference_image": base64.b64encode(b"text").decode()}, "not an image"),
+        ({"enabled": True}, "no reference image"),
+        ({"enabled": True, "reference_image": None, "t_align": float("nan")}, "t_align"),
+        ({"enabled": True, "t_early": 1200}, "t_early"),
+        ({"enabled": "yes"}, "enabled"),
+        ({"enabled": True, "preset": "portrait"}, "unknown preset"),
+        ({"enabled": True, "init_latent": "random"}, "init_latent"),
+    ],
+)
+def test_bad_api_input_stops_with_a_named_422_error(a1111, values, message):
+    model, module = a1111
+    with pytest.raises(RivalInputError, match=message) as caught:
+        txt2img(module, values)
+    assert caught.value.status_code == 422
+    assert hook_count(model) == 0
+
+
+def test_infotext_is_pasted_back_into_the_panel(a1111):
+    _, module = a1111
+    import gradio as gr
+
+    script = module.RivalScript()
+    script.is_img2img = False
+    with gr.Blocks():
+        components = script.ui(False)
+    assert len(components) == len(FIELDS)
+    _, result = txt2img(module, enabled(preset="editing", t_align=500))
+    from modules.infotext_utils import parse_generation_parameters
+
+    params = parse_generation_parameters(result.info)
+    values = {}
+    for component, key in script.infotext_fields:
+        value = key(params) if callable(key) else params.get(key)
+        values[FIELDS[components.index(component)]] = value
+    assert values["enabled"] is True and values["preset"] == "Editing"
+    assert float(values["t_align"]) == 500 and float(values["early_plain"]) == 900
+    assert values["init_latent"] == "inverted latent (editing)"
+
+
+def test_the_panel_builds_for_the_api_defaults(a1111):
+    _, module = a1111
+    runner = scripts.ScriptRunner([module.RivalScript()])
+    defaults = runner.default_script_args()
+    assert len(defaults) == 1 + len(FIELDS) and defaults[1] is False
+
+
+def test_xyz_overrides_apply_per_cell(a1111):
+    _, module = a1111
+    from rival_ext.a1111 import xyz
+
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat", steps=6, width=64, height=64, seed=3,
+                                                    sampler_name="Euler")
+    xyz.setter("t_align", float)(p, "450", None)
+    xyz.setter("enabled", xyz._bool)(p, "True", None)
+    runner = scripts.ScriptRunner([module.RivalScript()])
+    p.scripts = runner
+    p.script_args = runner.script_args_for([[{"enabled": False, "reference_image": reference_image()}]])
+    result = processing.process_images(p)
+    assert "RIVAL t_align: 450" in result.info
+
+
+def test_reconstruction_is_added_to_the_gallery(a1111):
+    _, module = a1111
+    _, result = txt2img(module, enabled(show_reconstruction=True))
+    assert len(result.images) == 2 and "reconstruction" in result.infotexts[-1]
+
+
+def test_unsupported_model_runs_without_rival_and_says_so(a1111):
+    model, module = a1111
+    model.model.conditioning_key = "hybrid"
+    _, plain = txt2img(module, None)
+    _, result = txt2img(module, enabled())
+    assert np.array_equal(pixels(plain), pixels(result))
+    assert "RIVAL notes" in result.info and "not supported" in result.info
+
+
+def test_initial_latent_starts_on_the_chain(a1111):
+    """With the inverted-latent start and everything else off, the first model input is the chain top."""
+    _model, module = a1111
+    seen = []
+    script_callbacks.on_cfg_denoiser(lambda params: seen.append(params.x[-1].clone()))
+    _p, _ = txt2img(module, enabled(init_latent="inverted", adain=False, early_plain=0))
+    chain = next(iter(CHAINS._items.values()))
+    torch.testing.assert_close(seen[0], chain.top.float(), rtol=1e-5, atol=1e-5)
+
+
+def _img2img(module, rival, mask=None, **settings):
+    image = reference_image().resize((64, 64))
+    p = processing.StableDiffusionProcessingImg2Img(
+        prompt="a cat", negative_prompt="", steps=6, width=64, height=64, seed=3, sampler_name="Euler",
+        cfg_scale=5, init_images=[image], denoising_strength=settings.pop("denoising_strength", 0.75),
+        mask=mask, inpaint_full_res=False, inpainting_fill=1, **settings,
+    )
+    torch.manual_seed(0)  # A1111 encodes the init image with a posterior sample from the global RNG
+    if rival is not None:
+        runner = scripts.ScriptRunner([module.RivalScript()], is_img2img=True)
+        p.scripts = runner
+        p.script_args = runner.script_args_for([[rival]])
+    return p, processing.process_images(p)
+
+
+def test_img2img_disabled_is_identical_and_enabled_differs(a1111):
+    model, module = a1111
+    _, absent = _img2img(module, None)
+    _, disabled = _img2img(module, {"enabled": False})
+    _, on = _img2img(module, {"enabled": True, "use_init_image": True})
+    assert np.array_equal(pixels(absent), pixels(disabled))
+    assert not np.array_equal(pixels(absent), pixels(on))
+    assert hook_count(model) == 0 and not errors.exception_records
+
+
+def test_inpainting_keeps_the_unmasked_region_on_the_reference(a1111):
+    model, module = a1111
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # left half: regenerate
+    samples = []
+    module_post = module.RivalScript.post_sample
+
+    def record(self, p, ps, *args):
+        module_post(self, p, ps, *args)
+        samples.append(ps.samples.clone())
+
+    module.RivalScript.post_sample = record
+    _p, _result = _img2img(module, {"enabled": True, "use_init_image": True, "preset": "inpainting"}, mask=mask)
+    chain = next(iter(CHAINS._items.values()))
+    keep = samples[0][0][:, :, 4:]
+    torch.testing.assert_close(keep, chain.origin_latent.float()[:, :, 4:], rtol=0, atol=1e-6)
+    assert hook_count(model) == 0
+
+
+def test_inpainting_preset_without_a_mask_is_refused(a1111):
+    _, module = a1111
+    with pytest.raises(RivalInputError, match="inpaint tab"):
+        _img2img(module, {"enabled": True, "use_init_image": True, "preset": "inpainting"})
+
+
+def test_hires_pass_off_by_default_and_on_when_asked(a1111):
+    model, module = a1111
+    hires = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 4,
+             "denoising_strength": 0.6}
+    _, off = txt2img(module, enabled(), **hires)
+    assert "off in the hires pass" in off.info
+    _, on = txt2img(module, enabled(apply_to_hires=True), **hires)
+    assert "off in the hires pass" not in on.info and "RIVAL hires: True" in on.info
+    assert not np.array_equal(pixels(off), pixels(on))
+    assert hook_count(model) == 0 and not errors.exception_records
