@@ -141,3 +141,20 @@ def reconstruct(chain: InversionChain, denoiser: Denoiser) -> Tensor:
         sigma = torch.full((1,), float(s[k]), dtype=x.dtype, device=x.device)
         x = x + float(s[k + 1] - s[k]) * (x - denoiser(x, sigma)) / float(s[k])
     return x * float(vp_scale(s[-1]))
+
+
+def coarse_schedule(sigmas: Tensor | list[float], steps: int) -> Tensor:
+    """At most ``steps`` inversion segments spread over a sampler schedule (official ``invert_step``).
+
+    The top sigma (where sampling starts) and the origin are always kept, so the start latent is a
+    node; the sampler's other levels are read from the chain with the segment rule. ``steps`` at
+    or above the schedule's own length returns it unchanged.
+    """
+    s = check_schedule(sigmas)
+    n = len(s) - 1
+    if steps < 1:
+        raise ValueError(f"inversion steps must be at least 1, got {steps}")
+    if steps >= n:
+        return s
+    picks = torch.linspace(0, n, steps + 1, dtype=torch.float64).round().long().unique()
+    return s[picks]
