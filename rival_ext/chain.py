@@ -26,6 +26,10 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 NODE_RTOL = 1e-5
 
 
+class NonFiniteInversion(ValueError):
+    """The model returned NaN/inf during the inversion (typically fp16 overflow)."""
+
+
 @dataclass(frozen=True)
 class InversionChain:
     """Nodes c_0 (top) .. c_N (origin) with each segment's clean estimate and noise."""
@@ -121,7 +125,7 @@ def invert(
         denoised = denoiser(x_in.unsqueeze(0).to(z0.dtype), sigma_vec)[0].to(store)
         e = (x_in - denoised) / float(tgt)
         if not torch.isfinite(e).all():
-            raise ValueError(f"the inversion produced NaN/inf at sigma {float(tgt):.4g}")
+            raise NonFiniteInversion(f"the inversion produced NaN/inf at sigma {float(tgt):.4g}")
         epss[k] = e
         x0s[k] = nodes[k + 1] - float(src) * e
         nodes[k] = nodes[k + 1] + float(tgt - src) * e

@@ -15,6 +15,9 @@ from rival_ext import Conditioning, DiscreteSchedule, UNetEps
 
 CONTEXT_DIM = 32
 
+# The test models are tiny: one thread avoids OpenMP spin-waits that make them 10x slower on 2 cores.
+torch.set_num_threads(1)
+
 
 def make_unet(dtype: torch.dtype = torch.float64, seed: int = 0, depth: int = 1):
     """A small SD1-like ldm UNet; ldm zero-initialises output layers, so everything is re-drawn."""
@@ -92,3 +95,13 @@ def photo_latent(name: str = "astronaut", size: int = 16, dtype=torch.float64) -
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def a1111():
+    """Fresh A1111 stub state, the fake SD1 model loaded, the extension's script imported."""
+    import fake_model
+    from a1111_harness import a1111_environment
+
+    yield a1111_environment()
+    fake_model.reset_a1111_state()

@@ -8,74 +8,26 @@ results do not depend on how A1111 batches rows, bad input stops with a named er
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from a1111_harness import (
+    CHAINS,
+    callback_count,
+    enabled,
+    hook_count,
+    img2img,
+    pixels,
+    reference_image,
+    txt2img,
+)
+from modules import errors, processing, script_callbacks, scripts, shared
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "a1111_stub"))
-
-import fake_model  # noqa: E402
-from modules import errors, processing, script_callbacks, scripts, shared  # noqa: E402
-
-from rival_ext.a1111 import extension  # noqa: E402
-from rival_ext.a1111.args import FIELDS, RivalInputError  # noqa: E402
-from rival_ext.a1111.job import CHAINS  # noqa: E402
-
-
-def reference_image() -> Image.Image:
-    import skimage.data
-
-    return Image.fromarray(skimage.data.chelsea())
-
-
-@pytest.fixture
-def a1111():
-    """Fresh A1111 state, the fake model loaded, and the extension's script module imported."""
-    fake_model.reset_a1111_state()
-    model = fake_model.install()
-    CHAINS.clear()
-    spec = importlib.util.spec_from_file_location("rival_script", ROOT / "scripts" / "rival.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield model, module
-    fake_model.reset_a1111_state()
-
-
-def hook_count(model) -> int:
-    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.model.diffusion_model.modules())
-
-
-def callback_count() -> int:
-    return sum(len(script_callbacks.ordered_callbacks(c)) for c in ("cfg_denoiser", "cfg_after_cfg"))
-
-
-def txt2img(module, rival: dict | list | None, **settings) -> tuple[object, object]:
-    """Run a txt2img with the RIVAL script attached (``rival`` None: extension absent)."""
-    p = processing.StableDiffusionProcessingTxt2Img(
-        prompt=settings.pop("prompt", "a cat"), negative_prompt=settings.pop("negative_prompt", "ugly"),
-        steps=settings.pop("steps", 6), width=64, height=64, seed=settings.pop("seed", 3),
-        sampler_name=settings.pop("sampler_name", "Euler"), cfg_scale=5, **settings,
-    )
-    if rival is not None:
-        runner = scripts.ScriptRunner([module.RivalScript()])
-        p.scripts = runner
-        p.script_args = runner.script_args_for([rival if isinstance(rival, list) else [rival]])
-    return p, processing.process_images(p)
-
-
-def pixels(result, index: int = 0) -> np.ndarray:
-    return np.asarray(result.images[index]).astype(np.int16)
-
-
-def enabled(**values) -> dict:
-    return {"enabled": True, "reference_image": reference_image(), **values}
+from rival_ext.a1111 import extension
+from rival_ext.a1111.args import FIELDS, RivalInputError
 
 
 def test_disabled_is_bit_identical_to_the_extension_absent(a1111):
@@ -308,26 +260,11 @@ def test_initial_latent_starts_on_the_chain(a1111):
     torch.testing.assert_close(seen[0], chain.top.float(), rtol=1e-5, atol=1e-5)
 
 
-def _img2img(module, rival, mask=None, **settings):
-    image = reference_image().resize((64, 64))
-    p = processing.StableDiffusionProcessingImg2Img(
-        prompt="a cat", negative_prompt="", steps=6, width=64, height=64, seed=3, sampler_name="Euler",
-        cfg_scale=5, init_images=[image], denoising_strength=settings.pop("denoising_strength", 0.75),
-        mask=mask, inpaint_full_res=False, inpainting_fill=1, **settings,
-    )
-    torch.manual_seed(0)  # A1111 encodes the init image with a posterior sample from the global RNG
-    if rival is not None:
-        runner = scripts.ScriptRunner([module.RivalScript()], is_img2img=True)
-        p.scripts = runner
-        p.script_args = runner.script_args_for([[rival]])
-    return p, processing.process_images(p)
-
-
 def test_img2img_disabled_is_identical_and_enabled_differs(a1111):
     model, module = a1111
-    _, absent = _img2img(module, None)
-    _, disabled = _img2img(module, {"enabled": False})
-    _, on = _img2img(module, {"enabled": True, "use_init_image": True})
+    _, absent = img2img(module, None)
+    _, disabled = img2img(module, {"enabled": False})
+    _, on = img2img(module, {"enabled": True, "use_init_image": True})
     assert np.array_equal(pixels(absent), pixels(disabled))
     assert not np.array_equal(pixels(absent), pixels(on))
     assert hook_count(model) == 0 and not errors.exception_records
@@ -345,7 +282,7 @@ def test_inpainting_keeps_the_unmasked_region_on_the_reference(a1111):
         samples.append(ps.samples.clone())
 
     module.RivalScript.post_sample = record
-    _p, _result = _img2img(module, {"enabled": True, "use_init_image": True, "preset": "inpainting"}, mask=mask)
+    _p, _result = img2img(module, {"enabled": True, "use_init_image": True, "preset": "inpainting"}, mask=mask)
     chain = next(iter(CHAINS._items.values()))
     keep = samples[0][0][:, :, 4:]
     torch.testing.assert_close(keep, chain.origin_latent.float()[:, :, 4:], rtol=0, atol=1e-6)
@@ -355,7 +292,7 @@ def test_inpainting_keeps_the_unmasked_region_on_the_reference(a1111):
 def test_inpainting_preset_without_a_mask_is_refused(a1111):
     _, module = a1111
     with pytest.raises(RivalInputError, match="inpaint tab"):
-        _img2img(module, {"enabled": True, "use_init_image": True, "preset": "inpainting"})
+        img2img(module, {"enabled": True, "use_init_image": True, "preset": "inpainting"})
 
 
 def test_hires_pass_off_by_default_and_on_when_asked(a1111):

@@ -23,7 +23,7 @@ from ..adain import adain, adain_denoised
 from ..attention import SelfAttentionInjector
 from ..batching import Reference, ReferenceRowsHook
 from ..cache import ChainCache
-from ..chain import InversionChain, invert, reconstruct
+from ..chain import InversionChain, NonFiniteInversion, invert, reconstruct
 from ..conditioning import Role
 from ..image import prepare_reference
 from ..latent_init import force_keep, initial_latents, inpaint_initial_latent
@@ -37,6 +37,7 @@ from .model import (
     check_supported,
     encode_reference,
     encode_text,
+    full_precision,
     model_identity,
     parameterization_of,
     schedule_of,
@@ -224,7 +225,12 @@ class RivalJob:
             state.sampling_step, state.sampling_steps = done, total
 
         with torch.no_grad():
-            chain = invert(z0, denoiser, self.levels.sigmas, callback=progress)
+            try:
+                chain = invert(z0, denoiser, self.levels.sigmas, callback=progress)
+            except NonFiniteInversion:
+                self.note("inversion redone in fp32 (half precision gave NaN/inf)")
+                with full_precision(sd_model):
+                    chain = invert(z0, denoiser, self.levels.sigmas, callback=progress)
             if self.args.show_reconstruction:
                 self.reconstructions.append(decode(sd_model, reconstruct(chain, denoiser)))
         CHAINS.put(key, chain)

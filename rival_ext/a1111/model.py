@@ -7,6 +7,9 @@ the reference is treated exactly like the generated image.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from modules import devices, shared
 from torch import Tensor, nn
@@ -132,3 +135,28 @@ def model_identity(sd_model: object) -> str:
     except (ImportError, AttributeError):
         pass
     return "|".join(parts)
+
+
+@contextmanager
+def full_precision(sd_model: object) -> Iterator[None]:
+    """Run the UNet in float32 inside the block (fp16 -> fp32 -> fp16 restores the weights exactly).
+
+    Used to redo an inversion that overflowed in half precision, the cause of black images in
+    similar tools; the previous dtypes are restored even when the block raises.
+    """
+    unet = unet_of(sd_model)
+    weights = next(unet.parameters()).dtype
+    had_attr = "dtype" in vars(unet)
+    old_attr, old_unet = getattr(unet, "dtype", None), devices.dtype_unet
+    try:
+        unet.float()
+        devices.dtype_unet = torch.float32
+        if had_attr:
+            unet.dtype = torch.float32
+        with devices.without_autocast():
+            yield
+    finally:
+        unet.to(weights)
+        devices.dtype_unet = old_unet
+        if had_attr:
+            unet.dtype = old_attr

@@ -1,0 +1,84 @@
+"""Driving the real extension script through the A1111 v1.10.1 stub, as A1111 would."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "a1111_stub"))
+
+import fake_model  # noqa: E402
+from modules import processing, script_callbacks, scripts  # noqa: E402
+
+from rival_ext.a1111.job import CHAINS  # noqa: E402
+
+
+def reference_image() -> Image.Image:
+    import skimage.data
+
+    return Image.fromarray(skimage.data.chelsea())
+
+
+def a1111_environment():
+    """Fresh A1111 state, the fake model loaded, and the extension's script module imported."""
+    fake_model.reset_a1111_state()
+    model = fake_model.install()
+    CHAINS.clear()
+    spec = importlib.util.spec_from_file_location("rival_script", ROOT / "scripts" / "rival.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return model, module
+
+
+def hook_count(model) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.model.diffusion_model.modules())
+
+
+def callback_count() -> int:
+    return sum(len(script_callbacks.ordered_callbacks(c)) for c in ("cfg_denoiser", "cfg_after_cfg"))
+
+
+def txt2img(module, rival: dict | list | None, **settings) -> tuple[object, object]:
+    """Run a txt2img with the RIVAL script attached (``rival`` None: extension absent)."""
+    p = processing.StableDiffusionProcessingTxt2Img(
+        prompt=settings.pop("prompt", "a cat"), negative_prompt=settings.pop("negative_prompt", "ugly"),
+        steps=settings.pop("steps", 6), width=settings.pop("width", 64), height=settings.pop("height", 64),
+        seed=settings.pop("seed", 3),
+        sampler_name=settings.pop("sampler_name", "Euler"), cfg_scale=5, **settings,
+    )
+    if rival is not None:
+        runner = scripts.ScriptRunner([module.RivalScript()])
+        p.scripts = runner
+        p.script_args = runner.script_args_for([rival if isinstance(rival, list) else [rival]])
+    return p, processing.process_images(p)
+
+
+def pixels(result, index: int = 0) -> np.ndarray:
+    return np.asarray(result.images[index]).astype(np.int16)
+
+
+def enabled(**values) -> dict:
+    return {"enabled": True, "reference_image": reference_image(), **values}
+
+
+def img2img(module, rival, mask=None, **settings):
+    image = reference_image().resize((64, 64))
+    p = processing.StableDiffusionProcessingImg2Img(
+        prompt="a cat", negative_prompt="", steps=6, width=64, height=64, seed=3, sampler_name="Euler",
+        cfg_scale=5, init_images=[image], denoising_strength=settings.pop("denoising_strength", 0.75),
+        mask=mask, inpaint_full_res=False, inpainting_fill=1, **settings,
+    )
+    torch.manual_seed(0)  # A1111 encodes the init image with a posterior sample from the global RNG
+    if rival is not None:
+        runner = scripts.ScriptRunner([module.RivalScript()], is_img2img=True)
+        p.scripts = runner
+        p.script_args = runner.script_args_for([[rival]])
+    return p, processing.process_images(p)
+
+

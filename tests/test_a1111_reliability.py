@@ -1,0 +1,257 @@
+"""Reliability of the A1111 extension: failures at every phase, bad input, cache keys, precision.
+
+Failures are injected where a real session meets them (VAE, inversion, first step, mid-sampling,
+hires pass, postprocess); after each, the UNet, its attention layers and A1111's callback lists
+must be as before, and a plain generation bit-identical to one that never saw RIVAL.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from a1111_harness import CHAINS, callback_count, enabled, hook_count, img2img, pixels, txt2img
+from modules import devices, errors, processing, shared
+from PIL import Image
+
+from rival_ext.a1111 import extension
+from rival_ext.a1111.args import RivalInputError
+from rival_ext.a1111.job import RivalRuntimeError
+
+
+def fail_on_call(model, n: int, error: BaseException):
+    """A UNet pre-hook raising ``error`` at its n-th call (the inversion makes the first ones)."""
+    calls = []
+
+    def hook(*_args):
+        calls.append(1)
+        if len(calls) == n:
+            raise error
+
+    return model.model.diffusion_model.register_forward_pre_hook(hook)
+
+
+def assert_clean(model, p, hooks: int, callbacks: int) -> None:
+    assert hook_count(model) == hooks
+    assert callback_count() == callbacks
+    assert "sample" not in vars(p)
+
+
+@pytest.mark.parametrize(
+    ("phase", "call"),
+    [("inversion", 1), ("last inversion step", 6), ("first sampling step", 7), ("mid-sampling", 10)],
+)
+def test_a_failure_at_any_unet_call_leaves_the_model_as_it_was(a1111, phase, call):
+    model, module = a1111
+    _, before = txt2img(module, None)
+    hooks, callbacks = hook_count(model), callback_count()
+    handle = fail_on_call(model, call, RuntimeError(f"injected at {phase}"))
+    with pytest.raises((RuntimeError, RivalRuntimeError), match=f"injected at {phase}"):
+        txt2img(module, enabled())
+    handle.remove()
+    assert hook_count(model) == hooks and callback_count() == callbacks
+    _, after = txt2img(module, None)
+    assert np.array_equal(pixels(before), pixels(after))
+
+
+def test_a_vae_failure_stops_with_a_message_and_no_hook(a1111, monkeypatch):
+    model, module = a1111
+
+    def broken(*_args):
+        raise RuntimeError("VAE exploded")
+
+    monkeypatch.setattr(model, "encode_first_stage", broken)
+    with pytest.raises(RivalRuntimeError, match="VAE exploded"):
+        txt2img(module, enabled())
+    assert hook_count(model) == 0
+
+
+def test_a_failure_in_the_hires_pass_leaves_no_hook(a1111):
+    model, module = a1111
+    hires = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 3,
+             "denoising_strength": 0.6}
+    # 6 inversion + 6 first-pass calls, then the hires inversion: fail inside it
+    handle = fail_on_call(model, 14, RuntimeError("hires boom"))
+    with pytest.raises((RuntimeError, RivalRuntimeError), match="hires boom"):
+        txt2img(module, enabled(apply_to_hires=True), **hires)
+    handle.remove()
+    assert hook_count(model) == 0
+
+
+def test_a_failing_postprocess_is_swallowed_by_a1111_and_leaves_nothing(a1111, monkeypatch):
+    model, module = a1111
+
+    def broken_postprocess(p, processed):
+        raise RuntimeError("postprocess failed")
+
+    monkeypatch.setattr(extension, "postprocess", broken_postprocess)
+    p, result = txt2img(module, enabled())
+    assert len(result.images) == 1 and errors.exception_records
+    assert hook_count(model) == 0 and "sample" not in vars(p)
+
+
+def test_out_of_memory_in_the_inversion_gives_a_clear_message(a1111):
+    model, module = a1111
+    handle = fail_on_call(model, 2, torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    with pytest.raises(RivalRuntimeError, match="out of GPU memory"):
+        txt2img(module, enabled())
+    handle.remove()
+    assert hook_count(model) == 0
+
+
+def test_a_half_precision_nan_inversion_is_redone_in_fp32(a1111, monkeypatch):
+    model, module = a1111
+    unet = model.model.diffusion_model
+
+    def nan_in_half(_module, _args, output):
+        half = devices.dtype_unet == torch.float16
+        return torch.full_like(output, float("nan")) if half and output.shape[0] == 1 else None  # inversion
+
+    monkeypatch.setattr(devices, "dtype_unet", torch.float16)
+    handle = unet.register_forward_hook(nan_in_half)
+    try:
+        _p, result = txt2img(module, enabled(adain=False, early_plain=0))
+    finally:
+        handle.remove()
+    assert "redone in fp32" in result.info
+    assert devices.dtype_unet == torch.float16 and next(unet.parameters()).dtype == torch.float32
+    assert hook_count(model) == 0
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGBA", (40, 30), (10, 200, 30, 128)),
+        Image.new("LA", (30, 40), (100, 50)),
+        Image.new("P", (33, 21), 7),
+        Image.new("CMYK", (50, 50), (10, 20, 30, 40)),
+        Image.new("I;16", (64, 48), 40000),
+        Image.new("L", (64, 64), 128),
+        Image.new("RGB", (1, 1), (255, 0, 0)),
+        Image.new("RGB", (4000, 3), (0, 0, 255)),
+        Image.new("1", (17, 19), 1),
+    ],
+    ids=["RGBA", "LA", "P", "CMYK", "I16", "L", "1x1", "extreme-aspect", "bilevel"],
+)
+def test_every_image_mode_and_shape_is_accepted(a1111, image):
+    model, module = a1111
+    _, result = txt2img(module, {"enabled": True, "reference_image": image}, steps=3)
+    assert len(result.images) == 1 and np.isfinite(pixels(result)).all()
+    assert hook_count(model) == 0 and not errors.exception_records
+
+
+def test_a_very_large_reference_is_handled(a1111):
+    _, module = a1111
+    _, result = txt2img(module, {"enabled": True, "reference_image": Image.new("RGB", (6000, 4000), 90)}, steps=3)
+    assert len(result.images) == 1
+
+
+def test_inpainting_with_an_empty_mask_is_refused_and_a_full_mask_runs(a1111):
+    model, module = a1111
+    with pytest.raises(RivalInputError, match="mask is empty"):
+        img2img(module, {"enabled": True, "use_init_image": True}, mask=Image.new("L", (64, 64), 0))
+    _, result = img2img(module, {"enabled": True, "use_init_image": True}, mask=Image.new("L", (64, 64), 255))
+    assert len(result.images) == 1 and hook_count(model) == 0
+
+
+def test_use_init_image_in_txt2img_is_refused(a1111):
+    _, module = a1111
+    with pytest.raises(RivalInputError, match="init image"):
+        txt2img(module, {"enabled": True, "use_init_image": True})
+
+
+def test_the_same_request_twice_gives_the_same_image(a1111, monkeypatch):
+    _, module = a1111
+    monkeypatch.setattr(shared.opts, "rival_chain_cache_entries", 0, raising=False)  # invert both times
+    _, first = txt2img(module, enabled(), batch_size=2)
+    _, second = txt2img(module, enabled(), batch_size=2)
+    assert len(CHAINS) == 0 and "chain from cache" not in second.info
+    for i in range(2):
+        assert np.array_equal(pixels(first, i), pixels(second, i))
+
+
+def test_batch_count_does_not_change_an_image(a1111):
+    _, module = a1111
+    _, counted = txt2img(module, enabled(), n_iter=2, seed=20)
+    _, alone = txt2img(module, enabled(), seed=21)
+    assert np.abs(pixels(counted, 1) - pixels(alone)).max() <= 1
+
+
+def test_rival_never_draws_from_a1111s_noise_stream(a1111, monkeypatch):
+    from modules import rng
+
+    draws = []
+    original = rng.ImageRNG.next
+
+    def counting(self):
+        draws.append(1)
+        return original(self)
+
+    monkeypatch.setattr(rng.ImageRNG, "next", counting)
+    _, module = a1111
+    txt2img(module, None, sampler_name="Euler a")
+    plain = len(draws)
+    draws.clear()
+    txt2img(module, enabled(), sampler_name="Euler a")
+    assert len(draws) == plain
+
+
+@pytest.mark.parametrize(
+    ("change", "kwargs"),
+    [
+        ("steps", {"steps": 7}),
+        ("size", {"width": 80}),
+        ("schedule", {"scheduler": "Karras"}),
+        ("sampler family", {"sampler_name": "DDIM"}),
+        ("reference prompt", {"prompt": "a dog"}),
+        ("reference image", {}),
+        ("checkpoint", {}),
+        ("vae", {}),
+        ("lora", {}),
+    ],
+)
+def test_every_part_of_the_chain_key_invalidates_the_cache(a1111, monkeypatch, change, kwargs):
+    model, module = a1111
+    rival = enabled(preset="variation")  # reference prompt = the prompt
+    txt2img(module, rival)
+    assert len(CHAINS) == 1
+    if change == "reference image":
+        rival = {**rival, "reference_image": Image.new("RGB", (64, 64), 3)}
+    elif change == "checkpoint":
+        monkeypatch.setattr(model.sd_checkpoint_info, "shorthash", "feedbeef")
+    elif change == "vae":
+        monkeypatch.setattr(shared.opts, "sd_vae", "other.vae.pt", raising=False)
+    elif change == "lora":
+        network = types.SimpleNamespace(name="style", te_multiplier=1.0, unet_multiplier=0.7)
+        monkeypatch.setitem(sys.modules, "networks", types.SimpleNamespace(loaded_networks=[network]))
+    _, result = txt2img(module, rival, **kwargs)
+    assert len(CHAINS) == 2, change
+    assert "chain from cache" not in result.info
+
+
+def test_the_cache_never_grows_past_its_setting(a1111, monkeypatch):
+    _, module = a1111
+    monkeypatch.setattr(shared.opts, "rival_chain_cache_entries", 2, raising=False)
+    for steps in (3, 4, 5):
+        txt2img(module, enabled(), steps=steps)
+    assert len(CHAINS) == 2
+    monkeypatch.setattr(shared.opts, "rival_chain_cache_mb", 0, raising=False)
+    txt2img(module, enabled(), steps=6)
+    assert len(CHAINS) == 0
+
+
+def test_a_job_is_invisible_to_another_generation(a1111):
+    """Per-job state lives on its ``p``: a plain generation in between is untouched."""
+    _, module = a1111
+    _, plain = txt2img(module, None)
+    waiting = processing.StableDiffusionProcessingTxt2Img(prompt="x", steps=3, width=64, height=64)
+    waiting.extra_generation_params = {}
+    extension.start(waiting, [enabled()])
+    assert extension.job_of(waiting) is not None
+    _, other = txt2img(module, None)
+    assert np.array_equal(pixels(plain), pixels(other))
+    extension.finish(waiting)
+    assert "sample" not in vars(waiting)
