@@ -151,6 +151,8 @@ def decode_image(value: object) -> Image.Image:
             image.load()
         except (binascii.Error, ValueError):
             raise RivalInputError("reference_image is not valid base64") from None
+        except Image.DecompressionBombError:
+            raise RivalInputError("reference_image has too many pixels (over PIL's safety limit)") from None
         except (UnidentifiedImageError, OSError):
             raise RivalInputError("reference_image is not an image file (PNG, JPEG, WebP, ...)") from None
         return image

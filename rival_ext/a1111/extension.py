@@ -36,6 +36,9 @@ def start(p: object, args: Sequence[object]) -> None:
     except RivalInputError as error:
         _refuse(p, error)
         return
+    except Exception as error:  # A1111 would swallow it and run without RIVAL: stop instead
+        _refuse(p, RivalInputError(f"could not read the panel's values: {error}"))
+        return
     job = RivalJob(p, parsed)
     job.wrap_sample()
     setattr(p, JOB_ATTRIBUTE, job)

@@ -173,7 +173,10 @@ class RivalJob:
         self.sd_model = sd_model
         self.schedule = schedule_of(sd_model)
         self.levels = pass_levels(p, self.schedule, txt2img=x is noise, hires=hires)
-        pixels = prepare_reference(self.reference_image(p), width, height)
+        try:
+            pixels = prepare_reference(self.reference_image(p), width, height)
+        except ValueError as error:
+            raise RivalInputError(str(error)) from None
         text = self.params.reference_text(current_prompt(p))
         cond = encode_text(sd_model, text, negative=False, width=width, height=height)
         uncond = cond if text == "" and not getattr(sd_model, "is_sdxl", False) else encode_text(
@@ -194,8 +197,6 @@ class RivalJob:
             if not images:
                 raise RivalInputError("'use the init image as reference' needs img2img with an image")
             return images[0]
-        if self.args.reference_image is None:
-            raise RivalInputError("no reference image: upload one in the RIVAL panel or turn RIVAL off")
         return self.args.reference_image
 
     def invert(self, sd_model: object, pixels: Tensor, cond: object, text: str) -> InversionChain:
