@@ -11,7 +11,7 @@ this is exactly key/value injection, and whichever attention implementation A111
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +26,18 @@ CONTEXT_NAMES = ("context", "encoder_hidden_states")
 
 @dataclass(frozen=True)
 class AttentionPlan:
-    """How the rows of the next UNet call attend: one mode, and each row's source row."""
+    """How the rows of the next UNet call attend: one mode, and each row's source row.
+
+    ``sources`` index the pool [banked rows, call rows]: with ``banked`` (per layer, reference
+    features from a cache) the reference rows need not be in the call at all. With ``record``,
+    each layer stores the inputs of the call's first ``record_rows`` rows (the reference rows).
+    """
 
     mode: AttentionMode
     sources: Tensor  # (rows,) long
+    banked: Sequence[Tensor] | None = None
+    record: list[Tensor | None] | None = None
+    record_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,8 +87,8 @@ class SelfAttentionInjector:
         if self._handles:
             raise RuntimeError("the RIVAL attention hooks are already installed")
         try:
-            for layer in self.layers:
-                hook = _context_hook(self, layer)
+            for index, layer in enumerate(self.layers):
+                hook = _context_hook(self, layer, index)
                 self._handles.append(layer.module.register_forward_pre_hook(hook, with_kwargs=True))
         except BaseException:
             self.remove()
@@ -106,20 +114,23 @@ class SelfAttentionInjector:
             self.plan = previous
 
 
-def injected_context(own: Tensor, plan: AttentionPlan) -> Tensor:
+def injected_context(own: Tensor, plan: AttentionPlan, layer: int = 0) -> Tensor:
     """The context that makes each row attend to its source row (and itself, in concat mode)."""
     if own.shape[0] != len(plan.sources):
         raise RuntimeError(
             f"RIVAL: a self-attention layer got {own.shape[0]} rows but the call was planned for "
             f"{len(plan.sources)}; another extension may be splitting the batch"
         )
-    source = own[plan.sources.to(own.device)]
+    if plan.record is not None:
+        plan.record[layer] = own[: plan.record_rows].detach()
+    pool = own if plan.banked is None else torch.cat([plan.banked[layer].to(own), own])
+    source = pool[plan.sources.to(own.device)]
     if plan.mode is AttentionMode.REFERENCE:
         return source
     return torch.cat([source, own], dim=1)
 
 
-def _context_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer):
+def _context_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer, index: int):
     position = layer.context_position
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -129,10 +140,10 @@ def _context_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer):
         hidden = args[0] if args else kwargs["x" if "x" in kwargs else "hidden_states"]
         if len(args) > position:
             own = args[position] if args[position] is not None else hidden
-            new_args = (*args[:position], injected_context(own, plan), *args[position + 1 :])
+            new_args = (*args[:position], injected_context(own, plan, index), *args[position + 1 :])
             return new_args, kwargs
         own = kwargs.get(layer.context_name)
         own = hidden if own is None else own
-        return args, {**kwargs, layer.context_name: injected_context(own, plan)}
+        return args, {**kwargs, layer.context_name: injected_context(own, plan, index)}
 
     return hook

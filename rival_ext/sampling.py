@@ -18,6 +18,7 @@ from .attention import SelfAttentionInjector
 from .batching import Reference, ReferenceRowsHook
 from .chain import check_schedule
 from .conditioning import Conditioning, Role
+from .features import FeatureCache
 from .latent_init import force_keep
 from .models import UNetEps
 from .noise import DiscreteSchedule, vp_scale
@@ -28,13 +29,18 @@ class RivalUNet:
     """Evaluates rows of the generated branch; the row hook adds the reference rows they need."""
 
     def __init__(
-        self, model: UNetEps, injector: SelfAttentionInjector, params: RivalParams, reference: Reference
+        self,
+        model: UNetEps,
+        injector: SelfAttentionInjector,
+        params: RivalParams,
+        reference: Reference,
+        features: FeatureCache | None = None,
     ) -> None:
         self.model = model
         self.params = params
         self.reference = reference
         self.rows = ReferenceRowsHook(
-            model.unet, injector, params, reference, model.schedule, model.parameterization
+            model.unet, injector, params, reference, model.schedule, model.parameterization, features
         )
 
     def __call__(
