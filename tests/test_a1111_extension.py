@@ -305,3 +305,26 @@ def test_hires_pass_off_by_default_and_on_when_asked(a1111):
     assert "off in the hires pass" not in on.info and "RIVAL hires: True" in on.info
     assert not np.array_equal(pixels(off), pixels(on))
     assert hook_count(model) == 0 and not errors.exception_records
+
+
+def test_feature_cache_setting_replays_the_reference_exactly(a1111, monkeypatch):
+    model, module = a1111
+    monkeypatch.setattr(shared.opts, "rival_feature_cache", True, raising=False)
+    rows = []
+    handle = model.model.diffusion_model.input_blocks[0].register_forward_pre_hook(
+        lambda _m, args: rows.append(args[0].shape[0]))
+    _, first = txt2img(module, enabled())
+    first_rows, rows[:] = list(rows), []
+    _, second = txt2img(module, enabled())
+    handle.remove()
+    assert np.abs(pixels(first) - pixels(second)).max() <= 1
+    assert max(first_rows) == 4 and set(rows) == {2}  # two reference rows carried once, then replayed
+    assert hook_count(model) == 0
+
+
+def test_settings_are_registered(a1111):
+    from rival_ext.a1111 import settings
+
+    settings.add_settings()
+    for key in ("rival_default_preset", "rival_chain_cache_entries", "rival_chain_cache_mb", "rival_feature_cache"):
+        assert key in shared.opts.data_labels

@@ -25,6 +25,7 @@ from ..batching import Reference, ReferenceRowsHook
 from ..cache import ChainCache
 from ..chain import InversionChain, NonFiniteInversion, invert, reconstruct
 from ..conditioning import Role
+from ..features import FeatureCache
 from ..image import prepare_reference
 from ..latent_init import force_keep, initial_latents, inpaint_initial_latent
 from ..models import KDenoiser
@@ -45,6 +46,22 @@ from .model import (
 )
 
 CHAINS = ChainCache()
+FEATURES: dict[tuple, FeatureCache] = {}  # for the last chain only: features are large
+
+
+def feature_cache(chain_key: tuple) -> FeatureCache | None:
+    """The reference-feature cache for this chain when the setting is on (replaces any other)."""
+    opts = shared.opts
+    if not getattr(opts, "rival_feature_cache", False):
+        FEATURES.clear()
+        return None
+    if chain_key not in FEATURES:
+        FEATURES.clear()
+        FEATURES[chain_key] = FeatureCache(
+            int(getattr(opts, "rival_feature_cache_mb", 4096)) * 2**20,
+            int(getattr(opts, "rival_feature_cache_gpu_mb", 1024)) * 2**20 if devices.device.type == "cuda" else 0,
+        )
+    return FEATURES[chain_key]
 
 
 class RivalAbort(BaseException):
@@ -88,6 +105,7 @@ class RivalJob:
         self.chain: InversionChain | None = None
         self.regenerate: Tensor | None = None
         self.sd_model: object = None
+        self.chain_key: tuple = ()
         self.injector: SelfAttentionInjector | None = None
         self.rows: ReferenceRowsHook | None = None
         self._uncond_x: Tensor | None = None
@@ -188,7 +206,8 @@ class RivalJob:
         self.injector = SelfAttentionInjector(unet).__enter__()
         reference = Reference(self.chain, cond, uncond)
         self.rows = ReferenceRowsHook(
-            unet, self.injector, self.params, reference, self.schedule, parameterization_of(sd_model)
+            unet, self.injector, self.params, reference, self.schedule, parameterization_of(sd_model),
+            features=feature_cache(self.chain_key),
         ).__enter__()
 
     def reference_image(self, p: object) -> Image.Image:
@@ -201,7 +220,7 @@ class RivalJob:
 
     def invert(self, sd_model: object, pixels: Tensor, cond: object, text: str) -> InversionChain:
         """The chain for this pass, from the cache when every input that shapes it is the same."""
-        key = (
+        self.chain_key = key = (
             model_identity(sd_model),
             hashlib.sha256(pixels.numpy().tobytes()).hexdigest(),
             tuple(pixels.shape),

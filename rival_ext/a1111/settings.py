@@ -26,6 +26,18 @@ def add_settings() -> None:
             256, "Memory for cached inversion chains (MB)", gr.Slider,
             {"minimum": 16, "maximum": 4096, "step": 16}, onchange=apply_cache_settings, section=SECTION,
         ),
+        "rival_feature_cache": shared.OptionInfo(
+            False, "Cache the reference's attention features (repeat generations need no reference rows; "
+            "uses memory)", section=SECTION,
+        ),
+        "rival_feature_cache_mb": shared.OptionInfo(
+            4096, "Memory for cached reference features in total (MB)", gr.Slider,
+            {"minimum": 256, "maximum": 32768, "step": 256}, section=SECTION,
+        ),
+        "rival_feature_cache_gpu_mb": shared.OptionInfo(
+            1024, "Of which on the GPU (MB); the rest waits in pinned CPU memory and is prefetched",
+            gr.Slider, {"minimum": 0, "maximum": 32768, "step": 256}, section=SECTION,
+        ),
     }
     for key, info in options.items():
         shared.opts.add_option(key, info)
