@@ -255,3 +255,43 @@ def test_a_job_is_invisible_to_another_generation(a1111):
     assert np.array_equal(pixels(plain), pixels(other))
     extension.finish(waiting)
     assert "sample" not in vars(waiting)
+
+
+@pytest.mark.parametrize("setup", ["sd3", "tensorrt", "controlnet reference", "unclip"])
+def test_unsupported_setups_run_without_rival_and_say_why(a1111, monkeypatch, setup):
+    model, module = a1111
+    if setup == "sd3":
+        monkeypatch.setattr(model, "is_sd3", True, raising=False)
+    elif setup == "tensorrt":
+        from modules import sd_unet
+
+        monkeypatch.setattr(sd_unet, "current_unet", object())
+    elif setup == "controlnet reference":
+        block = next(m for m in model.model.diffusion_model.modules() if hasattr(m, "attn1"))
+        monkeypatch.setattr(block, "_forward", block._forward, raising=False)
+    else:
+        monkeypatch.setattr(model.model, "conditioning_key", "crossattn-adm", raising=False)
+    _, plain = txt2img(module, None)
+    _, result = txt2img(module, enabled())
+    assert np.array_equal(pixels(plain), pixels(result))
+    assert "RIVAL notes" in result.info and "off:" in result.info
+    assert hook_count(model) == 0
+
+
+def test_rival_stops_at_a_model_switch_mid_sampling(a1111, monkeypatch):
+    model, module = a1111
+    import fake_model
+    from modules import script_callbacks
+
+    other = fake_model.FakeLatentDiffusion(seed=1)
+    calls = []
+
+    def switch(params):
+        calls.append(1)
+        if len(calls) == 3:
+            shared.sd_model = other  # what A1111's refiner switch does
+
+    script_callbacks.on_cfg_denoiser(switch)
+    _, result = txt2img(module, enabled())
+    assert "stopped at the refiner switch" in result.info
+    assert hook_count(model) == 0 and hook_count(other) == 0
