@@ -1,0 +1,1 @@
+"""Benchmarks of RIVAL against plain generation (not part of the extension)."""
