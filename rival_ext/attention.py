@@ -14,11 +14,11 @@ import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .hooks import HookHandles
 from .params import AttentionMode
 
 CONTEXT_NAMES = ("context", "encoder_hidden_states")
@@ -77,19 +77,18 @@ class SelfAttentionInjector:
         if not self.layers:
             raise ValueError("the UNet has no self-attention layers (attn1) that RIVAL can align")
         self.plan: AttentionPlan | None = None
-        self._handles: list[Any] = []
+        self._handles = HookHandles("attention")
 
     @property
     def installed(self) -> bool:
         return bool(self._handles)
 
     def __enter__(self) -> SelfAttentionInjector:
-        if self._handles:
-            raise RuntimeError("the RIVAL attention hooks are already installed")
+        self._handles.begin()
         try:
             for index, layer in enumerate(self.layers):
                 hook = _context_hook(self, layer, index)
-                self._handles.append(layer.module.register_forward_pre_hook(hook, with_kwargs=True))
+                self._handles.add(layer.module.register_forward_pre_hook(hook, with_kwargs=True))
         except BaseException:
             self.remove()
             raise
@@ -100,8 +99,7 @@ class SelfAttentionInjector:
 
     def remove(self) -> None:
         """Remove every hook this injector installed (idempotent)."""
-        while self._handles:
-            self._handles.pop().remove()
+        self._handles.remove()
         self.plan = None
 
     @contextmanager

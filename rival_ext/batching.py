@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +23,7 @@ from .attention import AttentionPlan, SelfAttentionInjector
 from .chain import InversionChain
 from .conditioning import Conditioning, ReferenceRows, Role, reference_rows
 from .features import FeatureCache, evaluation_key
+from .hooks import HookHandles
 from .noise import DiscreteSchedule, vp_scale
 from .params import AttentionMode, RivalParams
 
@@ -86,13 +86,12 @@ class ReferenceRowsHook:
         self._names = {key: _pick(self._signature, names) for key, names in ARG_NAMES.items()}
         self._pending: ReferenceRows | None = None
         self._record: list[Tensor | None] | None = None
-        self._handles: list[Any] = []
+        self._handles = HookHandles("row")
 
     def __enter__(self) -> ReferenceRowsHook:
-        if self._handles:
-            raise RuntimeError("the RIVAL row hooks are already installed")
-        self._handles.append(self.unet.register_forward_pre_hook(self._before, with_kwargs=True))
-        self._handles.append(self.unet.register_forward_hook(self._after))
+        self._handles.begin()
+        self._handles.add(self.unet.register_forward_pre_hook(self._before, with_kwargs=True))
+        self._handles.add(self.unet.register_forward_hook(self._after))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -100,8 +99,7 @@ class ReferenceRowsHook:
 
     def remove(self) -> None:
         """Remove the hooks (idempotent) and forget the evaluation."""
-        while self._handles:
-            self._handles.pop().remove()
+        self._handles.remove()
         if self._pending is not None:  # a call raised between the two hooks: drop the plan it set
             self.injector.plan = None
         self.evaluation = None
