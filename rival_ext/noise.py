@@ -66,21 +66,24 @@ class DiscreteSchedule:
     def sigma_to_t(self, sigma: Tensor | float) -> Tensor:
         """Real-valued timestep of sigma (log-linear interpolation, clamped to the table)."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
-        log_sigma = sigma.clamp(min=1e-30).log()
+        device = sigma.device  # the tables stay on the CPU; a CUDA sigma must not meet them there
+        log_sigma = sigma.to(self.log_sigmas.device).clamp(min=1e-30).log()
         high = torch.searchsorted(self.log_sigmas, log_sigma.reshape(-1)).reshape(log_sigma.shape)
         high = high.clamp(1, len(self.log_sigmas) - 1)
         low = high - 1
         lo, hi = self.log_sigmas[low], self.log_sigmas[high]
         w = ((log_sigma - lo) / (hi - lo)).clamp(0.0, 1.0)
-        return low.to(torch.float64) + w
+        return (low.to(torch.float64) + w).to(device)
 
     def t_to_sigma(self, t: Tensor | float) -> Tensor:
         """Sigma of a real-valued timestep (the inverse of sigma_to_t)."""
-        t = torch.as_tensor(t, dtype=torch.float64).clamp(0, len(self.sigmas) - 1)
+        t = torch.as_tensor(t, dtype=torch.float64)
+        device = t.device
+        t = t.to(self.log_sigmas.device).clamp(0, len(self.sigmas) - 1)
         low = t.floor().long().clamp(max=len(self.sigmas) - 2)
         w = t - low
         log_sigma = (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[low + 1]
-        return log_sigma.exp()
+        return log_sigma.exp().to(device)
 
     def ddim_timesteps(self, steps: int) -> list[int]:
         """The official (diffusers, steps_offset 1) DDIM timesteps, largest first: 981, ..., 1."""
