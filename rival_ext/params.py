@@ -8,8 +8,11 @@ timestep is what every sampler shares.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields, replace
 from enum import Enum
+
+import numpy as np
 
 
 class ReferencePrompt(str, Enum):
@@ -62,7 +65,7 @@ class RivalParams:
     def __post_init__(self) -> None:
         for name in ("t_align", "t_early", "early_plain"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name} must be a number in [0, 1000], got {value!r}")
             if not math.isfinite(value) or not 0.0 <= value <= TIMESTEP_MAX:
                 raise ValueError(f"{name} must be in [0, 1000], got {value!r}")

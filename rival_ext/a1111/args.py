@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -169,7 +170,7 @@ def _preset_name(value: object) -> str:
 
 
 def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise RivalInputError(f"{name} must be a number in [0, 1000], got {value!r}")
     if not math.isfinite(value):
         raise RivalInputError(f"{name} must be a finite number in [0, 1000], got {value!r}")
