@@ -42,6 +42,7 @@ class AttentionPlan:
 
 @dataclass(frozen=True)
 class SelfAttentionLayer:
+    """One attn1 module and where its forward takes the context."""
     name: str
     module: nn.Module
     context_name: str  # keyword of the layer's forward that carries the context
@@ -81,6 +82,7 @@ class SelfAttentionInjector:
 
     @property
     def installed(self) -> bool:
+        """Whether the pre-hooks are on the layers now."""
         return bool(self._handles)
 
     def __enter__(self) -> SelfAttentionInjector:

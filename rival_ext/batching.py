@@ -111,6 +111,7 @@ class ReferenceRowsHook:
         return self.evaluation
 
     def end(self) -> None:
+        """Close the evaluation (after CFG): later calls are not RIVAL's."""
         self.evaluation = None
 
     def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:

@@ -41,6 +41,7 @@ class InversionChain:
 
     @property
     def steps(self) -> int:
+        """Number of segments (inversion model calls)."""
         return len(self.x0)
 
     @property

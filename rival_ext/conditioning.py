@@ -41,9 +41,11 @@ class Conditioning:
         return self.context.shape[0]
 
     def rows(self, index: Tensor | slice | list[int]) -> Conditioning:
+        """A subset of the rows."""
         return Conditioning(self.context[index], None if self.y is None else self.y[index])
 
     def repeat(self, n: int) -> Conditioning:
+        """``n`` copies of the rows, for a batch that shares one text."""
         return Conditioning(
             self.context.expand(n, -1, -1) if len(self) == 1 else self.context.repeat(n, 1, 1),
             None if self.y is None else self.y.repeat(n, 1),
@@ -72,6 +74,7 @@ class ReferenceRows:
 
     @property
     def count(self) -> int:
+        """Number of reference rows in front of the call."""
         return len(self.roles)
 
     def index(self, role: Role) -> int | None:

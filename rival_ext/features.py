@@ -28,6 +28,7 @@ class Recorded:
 
 
 def evaluation_key(sigma: float, t: float) -> tuple[float, float]:
+    """Identity of a model evaluation, robust to float32/float64 round trips of sigma."""
     return (round(float(sigma), 6), round(float(t), 4))
 
 
@@ -46,6 +47,7 @@ class FeatureCache:
         return len(self._items)
 
     def has(self, key: tuple, role: Role, need_features: bool) -> bool:
+        """Whether the row is stored (with its features, when attention needs them)."""
         item = self._items.get((*key, role))
         return item is not None and (item.features is not None or not need_features)
 
@@ -67,6 +69,7 @@ class FeatureCache:
         return True
 
     def eps(self, key: tuple, role: Role) -> Tensor | None:
+        """The stored eps of a reference row (the AdaIN target for the cond row)."""
         item = self._items.get((*key, role))
         return None if item is None else item.eps
 

@@ -21,8 +21,10 @@ class HookHandles:
             raise RuntimeError(f"the RIVAL {self.what} hooks are already installed")
 
     def add(self, handle: Any) -> None:
+        """Keep a handle for removal."""
         self._handles.append(handle)
 
     def remove(self) -> None:
+        """Remove every handle, newest first."""
         while self._handles:
             self._handles.pop().remove()

@@ -33,6 +33,7 @@ class UNetEps:
         self.parameterization = parameterization
 
     def __call__(self, z: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """eps of the rows (v outputs converted with abar at t)."""
         kwargs = {"timesteps": t.to(z.dtype), "context": cond.context.to(z.dtype)}
         if cond.y is not None:
             kwargs["y"] = cond.y.to(z.dtype)
@@ -53,6 +54,7 @@ class KDenoiser:
         self.cond = cond
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """x0 estimate of the VE latents ``x`` at noise levels ``sigma``."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
         c_in = vp_scale(sigma).to(x.dtype).reshape(-1, 1, 1, 1)
         t = self.schedule.sigma_to_t(sigma).to(x.device)

@@ -57,10 +57,12 @@ class DiscreteSchedule:
 
     @property
     def sigma_min(self) -> float:
+        """Smallest trained noise level (timestep 0)."""
         return float(self.sigmas[0])
 
     @property
     def sigma_max(self) -> float:
+        """Largest trained noise level (timestep 999)."""
         return float(self.sigmas[-1])
 
     def sigma_to_t(self, sigma: Tensor | float) -> Tensor:

@@ -21,6 +21,7 @@ _open: RivalJob | None = None
 
 
 def job_of(p: object) -> RivalJob | None:
+    """The RIVAL job attached to this generation, if any."""
     return getattr(p, JOB_ATTRIBUTE, None)
 
 
@@ -67,12 +68,14 @@ def _refuse(p: object, error: RivalInputError) -> None:
 
 
 def before_every_sampling(p: object, x: object, noise: object) -> None:
+    """``process_before_every_sampling``: prepare the pass that is about to sample."""
     job = job_of(p)
     if job is not None:
         job.prepare_pass(p, x, noise)
 
 
 def on_cfg_denoiser(params: object) -> None:
+    """Global ``on_cfg_denoiser``: open the evaluation for the job of the denoiser's ``p``."""
     global _open
     job = job_of(getattr(params.denoiser, "p", None))
     if job is None or not job.active:
@@ -83,6 +86,7 @@ def on_cfg_denoiser(params: object) -> None:
 
 
 def on_cfg_after_cfg(params: object) -> None:
+    """Global ``on_cfg_after_cfg``: finish the evaluation opened by ``on_cfg_denoiser``."""
     global _open
     job, _open = _open, None
     if job is not None:
@@ -90,6 +94,7 @@ def on_cfg_after_cfg(params: object) -> None:
 
 
 def post_sample(p: object, samples: object) -> None:
+    """``post_sample``: final inpainting overwrite, and the notes into the infotext."""
     job = job_of(p)
     if job is None:
         return

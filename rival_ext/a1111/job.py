@@ -136,6 +136,7 @@ class RivalJob:
         self._original_sample = None
 
     def uninstall(self) -> None:
+        """Remove the hooks of the current pass (the chain stays for ``post_sample``)."""
         if self.rows is not None:
             self.rows.remove()
         if self.injector is not None:
@@ -145,9 +146,11 @@ class RivalJob:
 
     @property
     def active(self) -> bool:
+        """Whether the hooks of a pass are installed."""
         return self.rows is not None
 
     def note(self, text: str) -> None:
+        """Record a line for the infotext's ``RIVAL notes`` (once)."""
         if text not in self.notes:
             self.notes.append(text)
 
@@ -211,6 +214,7 @@ class RivalJob:
         ).__enter__()
 
     def reference_image(self, p: object) -> Image.Image:
+        """The upload, or img2img's first init image when asked."""
         if self.args.use_init_image:
             images = getattr(p, "init_images", None)
             if not images:
@@ -347,6 +351,7 @@ class RivalJob:
 
 
 def current_prompt(p: object) -> str:
+    """The batch's first prompt, with extra-network tags already stripped by A1111."""
     prompts = getattr(p, "prompts", None) or getattr(p, "all_prompts", None)
     return prompts[0] if prompts else getattr(p, "prompt", "")
 

@@ -23,10 +23,12 @@ class UnsupportedModel(Exception):
 
 
 def unet_of(sd_model: object) -> nn.Module:
+    """The UNet module whose attention layers RIVAL hooks."""
     return sd_model.model.diffusion_model
 
 
 def is_sdxl(sd_model: object) -> bool:
+    """SDXL needs pooled vectors for the reference rows and zeroes empty negatives."""
     return bool(getattr(sd_model, "is_sdxl", False))
 
 
@@ -59,10 +61,12 @@ def check_supported(sd_model: object) -> None:
 
 
 def schedule_of(sd_model: object) -> DiscreteSchedule:
+    """The model's own (possibly overridden) noise schedule, in float64."""
     return DiscreteSchedule(sd_model.alphas_cumprod.detach().to("cpu", torch.float64))
 
 
 def parameterization_of(sd_model: object) -> str:
+    """'v' for v-prediction checkpoints (SD2 768-v), else 'eps'."""
     return "v" if getattr(sd_model, "parameterization", "eps") == "v" else "eps"
 
 
@@ -108,6 +112,7 @@ class A1111Eps:
         self.v = parameterization_of(sd_model) == "v"
 
     def __call__(self, z: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """eps for VP latents ``z`` at timesteps ``t`` under A1111's casts and autocast."""
         if cond.y is not None:
             c = {"crossattn": cond.context.to(z), "vector": cond.y.to(z)}
         else:

@@ -44,6 +44,7 @@ def add_settings() -> None:
 
 
 def apply_cache_settings() -> None:
+    """Bound the chain cache by the current settings (called for every generation)."""
     from modules import shared
 
     opts = shared.opts
@@ -53,6 +54,7 @@ def apply_cache_settings() -> None:
 
 
 def default_preset() -> str:
+    """The preset the panel starts with."""
     from modules import shared
 
     name = getattr(shared.opts, "rival_default_preset", "variation")

@@ -10,10 +10,12 @@ OVERRIDES = "rival_overrides"
 
 
 def overrides_of(p: object) -> dict[str, object]:
+    """The panel values an X/Y/Z cell set on this ``p``."""
     return dict(getattr(p, OVERRIDES, None) or {})
 
 
 def setter(name: str, convert: Callable[[object], object]) -> Callable[[object, object, object], None]:
+    """An AxisOption ``apply`` that overrides one named panel value for the cell."""
     def apply(p: object, value: object, _values: object) -> None:
         overrides = overrides_of(p)
         overrides[name] = convert(value)
