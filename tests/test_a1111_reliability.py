@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from a1111_harness import CHAINS, callback_count, enabled, hook_count, img2img, pixels, txt2img
-from modules import devices, errors, processing, shared
+from modules import errors, processing, shared
 from PIL import Image
 
 from rival_ext.a1111 import extension
@@ -103,22 +103,30 @@ def test_out_of_memory_in_the_inversion_gives_a_clear_message(a1111):
 
 
 def test_a_half_precision_nan_inversion_is_redone_in_fp32(a1111, monkeypatch):
+    """With the setting "model", an inversion that overflows through A1111's apply_model is redone
+    on the UNet itself in fp32 (apply_model is where A1111 casts to half precision)."""
     model, module = a1111
-    unet = model.model.diffusion_model
+    monkeypatch.setattr(shared.opts, "rival_inversion_precision", "model", raising=False)
+    apply_model = model.apply_model
 
-    def nan_in_half(_module, _args, output):
-        half = devices.dtype_unet == torch.float16
-        return torch.full_like(output, float("nan")) if half and output.shape[0] == 1 else None  # inversion
+    def overflowing(x, t, cond, *args, **kwargs):
+        out = apply_model(x, t, cond, *args, **kwargs)
+        return torch.full_like(out, float("inf")) if x.shape[0] == 1 else out  # only the inversion's calls
 
-    monkeypatch.setattr(devices, "dtype_unet", torch.float16)
-    handle = unet.register_forward_hook(nan_in_half)
-    try:
-        _p, result = txt2img(module, enabled(adain=False, early_plain=0))
-    finally:
-        handle.remove()
-    assert "redone in fp32" in result.info
-    assert devices.dtype_unet == torch.float16 and next(unet.parameters()).dtype == torch.float32
+    monkeypatch.setattr(model, "apply_model", overflowing)
+    _, result = txt2img(module, enabled(adain=False, early_plain=0))
+    assert "redone in fp32" in result.info and np.isfinite(pixels(result)).all()
+    assert next(model.model.diffusion_model.parameters()).dtype == torch.float32
     assert hook_count(model) == 0
+
+
+def test_fp32_and_model_precision_inversions_agree_on_an_fp32_model(a1111, monkeypatch):
+    _, module = a1111
+    _, fp32 = txt2img(module, enabled())
+    CHAINS.clear()
+    monkeypatch.setattr(shared.opts, "rival_inversion_precision", "model", raising=False)
+    _, native = txt2img(module, enabled())
+    assert np.abs(pixels(fp32) - pixels(native)).max() <= 1
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ from .model import (
     encode_reference,
     encode_text,
     full_precision,
+    low_vram,
     model_identity,
     parameterization_of,
     schedule_of,
@@ -248,13 +249,20 @@ class RivalJob:
                 raise InversionInterrupted
             state.sampling_step, state.sampling_steps = done, total
 
+        fp32 = getattr(shared.opts, "rival_inversion_precision", "fp32") == "fp32" and not low_vram(sd_model)
         with torch.no_grad():
             try:
-                chain = invert(z0, denoiser, self.levels.sigmas, callback=progress)
-            except NonFiniteInversion:
-                self.note("inversion redone in fp32 (half precision gave NaN/inf)")
-                with full_precision(sd_model):
+                if fp32:
+                    with full_precision(sd_model, self.schedule) as model:
+                        chain = invert(z0, KDenoiser(model, self.schedule, cond), self.levels.sigmas, progress)
+                else:
                     chain = invert(z0, denoiser, self.levels.sigmas, callback=progress)
+            except NonFiniteInversion:
+                if fp32 or low_vram(sd_model):
+                    raise
+                self.note("inversion redone in fp32 (half precision gave NaN/inf)")
+                with full_precision(sd_model, self.schedule) as model:
+                    chain = invert(z0, KDenoiser(model, self.schedule, cond), self.levels.sigmas, progress)
             if self.args.show_reconstruction:
                 self.reconstructions.append(decode(sd_model, reconstruct(chain, denoiser)))
         CHAINS.put(key, chain)

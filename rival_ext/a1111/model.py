@@ -15,6 +15,7 @@ from modules import devices, shared
 from torch import Tensor, nn
 
 from ..conditioning import Conditioning
+from ..models import UNetEps
 from ..noise import DiscreteSchedule, vp_scale
 
 
@@ -143,25 +144,32 @@ def model_identity(sd_model: object) -> str:
 
 
 @contextmanager
-def full_precision(sd_model: object) -> Iterator[None]:
-    """Run the UNet in float32 inside the block (fp16 -> fp32 -> fp16 restores the weights exactly).
+def full_precision(sd_model: object, schedule: DiscreteSchedule) -> Iterator[UNetEps]:
+    """An fp32 eps model of the loaded UNet for the block (fp16 -> fp32 -> fp16 is exact).
 
-    Used to redo an inversion that overflowed in half precision, the cause of black images in
-    similar tools; the previous dtypes are restored even when the block raises.
+    It calls the UNet directly with autocast off: A1111's ``apply_model`` would cast back to
+    half precision. Used for the inversion (setting "fp32", and the redo of a half-precision
+    inversion that overflowed, the cause of black images in similar tools). Weights and dtypes
+    are restored even when the block raises.
     """
     unet = unet_of(sd_model)
     weights = next(unet.parameters()).dtype
     had_attr = "dtype" in vars(unet)
-    old_attr, old_unet = getattr(unet, "dtype", None), devices.dtype_unet
+    old_attr = getattr(unet, "dtype", None)
     try:
         unet.float()
-        devices.dtype_unet = torch.float32
         if had_attr:
             unet.dtype = torch.float32
-        with devices.without_autocast():
-            yield
+        device = next(unet.parameters()).device
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield UNetEps(unet, schedule, parameterization_of(sd_model))
     finally:
         unet.to(weights)
-        devices.dtype_unet = old_unet
         if had_attr:
             unet.dtype = old_attr
+
+
+def low_vram(sd_model: object) -> bool:
+    """--medvram/--lowvram move modules on demand through wrappers a direct UNet call bypasses."""
+    return bool(getattr(shared.cmd_opts, "medvram", False) or getattr(shared.cmd_opts, "lowvram", False)
+                or getattr(sd_model, "lowvram", False))

@@ -26,6 +26,11 @@ def add_settings() -> None:
             256, "Memory for cached inversion chains (MB)", gr.Slider,
             {"minimum": 16, "maximum": 4096, "step": 16}, onchange=apply_cache_settings, section=SECTION,
         ),
+        "rival_inversion_precision": shared.OptionInfo(
+            "fp32", "Precision of the reference's inversion", gr.Radio,
+            {"choices": ["fp32", "model"]}, section=SECTION,
+        ).info("fp32: the UNet is upcast for the inversion only (exact, costs memory while it runs); "
+               "model: the checkpoint's precision, redone in fp32 if it overflows"),
         "rival_feature_cache": shared.OptionInfo(
             False, "Cache the reference's attention features (repeat generations need no reference rows; "
             "uses memory)", section=SECTION,
