@@ -28,13 +28,6 @@ from modules.api import api
 _MODEL = fake_model.FakeLatentDiffusion(seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny UNet is fastest on one thread; with two, OpenMP spin-waits make it erratic on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -47,13 +47,6 @@ C, U = Role.COND, Role.UNCOND
 T_REFERENCE, T_CONCAT = 800.0, 300.0  # default params: reference-only above t 601, concat below
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

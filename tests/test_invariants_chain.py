@@ -34,13 +34,6 @@ from rival_ext import (
 TOL = 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, end: float = 0.0) -> torch.Tensor:

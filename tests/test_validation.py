@@ -42,13 +42,6 @@ from rival_ext.image import prepare_reference, to_rgb
 C, U = Role.COND, Role.UNCOND
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class GaussianDenoiser:
