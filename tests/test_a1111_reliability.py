@@ -303,3 +303,77 @@ def test_rival_stops_at_a_model_switch_mid_sampling(a1111, monkeypatch):
     _, result = txt2img(module, enabled())
     assert "stopped at the refiner switch" in result.info
     assert hook_count(model) == 0 and hook_count(other) == 0
+
+
+def test_skip_mid_sampling_ends_cleanly(a1111):
+    model, module = a1111
+    from modules import script_callbacks
+
+    seen = []
+
+    def skip_at_step_two(params):
+        seen.append(1)
+        if len(seen) == 2:
+            shared.state.skip()
+
+    script_callbacks.on_cfg_denoiser(skip_at_step_two)
+    p, result = txt2img(module, enabled())
+    assert len(result.images) == 1 and hook_count(model) == 0 and extension.job_of(p) is None
+
+
+@pytest.mark.parametrize("case", ["inpaint", "hires"])
+def test_disabled_is_bit_identical_for_inpaint_and_hires(a1111, case):
+    _, module = a1111
+    if case == "inpaint":
+        mask = Image.new("L", (64, 64), 0)
+        mask.paste(255, (16, 16, 48, 48))
+        _, absent = img2img(module, None, mask=mask)
+        _, disabled = img2img(module, {"enabled": False}, mask=mask)
+    else:
+        hires = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 3,
+                 "denoising_strength": 0.6}
+        _, absent = txt2img(module, None, **hires)
+        _, disabled = txt2img(module, {"enabled": False}, **hires)
+    assert np.array_equal(pixels(absent), pixels(disabled))
+
+
+def test_fewer_inversion_steps_make_a_coarser_chain(a1111, monkeypatch):
+    model, module = a1111
+    monkeypatch.setattr(shared.opts, "rival_inversion_steps", 2, raising=False)
+    calls = []
+    handle = model.model.diffusion_model.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    _, result = txt2img(module, enabled(), steps=6)
+    handle.remove()
+    chain = next(iter(CHAINS._items.values()))
+    assert chain.steps == 2 and calls.count(1) == 2  # two one-row inversion calls instead of six
+    assert "inversion on 2 steps" in result.info and hook_count(model) == 0
+
+
+def test_the_feature_cache_is_dropped_when_the_chain_changes(a1111, monkeypatch):
+    _, module = a1111
+    from rival_ext.a1111.job import FEATURES
+
+    monkeypatch.setattr(shared.opts, "rival_feature_cache", True, raising=False)
+    txt2img(module, enabled(preset="variation"))
+    first = set(FEATURES)
+    txt2img(module, enabled(preset="variation"), prompt="a dog")  # another reference text: another chain
+    assert len(FEATURES) == 1 and set(FEATURES) != first
+
+
+def test_and_prompts_route_every_sub_prompt_row_to_the_reference_cond_row(a1111):
+    model, module = a1111
+    _, together = txt2img(module, enabled(), prompt="a cat AND a hat:0.7", batch_size=2)
+    shared.opts.batch_cond_uncond = False
+    _, apart = txt2img(module, enabled(), prompt="a cat AND a hat:0.7", batch_size=2)
+    for i in range(2):
+        assert np.abs(pixels(together, i) - pixels(apart, i)).max() <= 1
+    assert hook_count(model) == 0 and not errors.exception_records
+
+
+def test_v_prediction_checkpoints_run(a1111, monkeypatch):
+    model, module = a1111
+    monkeypatch.setattr(model, "parameterization", "v")
+    _, plain = txt2img(module, None)
+    _, result = txt2img(module, enabled())
+    assert not np.array_equal(pixels(plain), pixels(result)) and np.isfinite(pixels(result)).all()
+    assert hook_count(model) == 0 and not errors.exception_records

@@ -23,7 +23,7 @@ from ..adain import adain, adain_denoised
 from ..attention import SelfAttentionInjector
 from ..batching import Reference, ReferenceRowsHook
 from ..cache import ChainCache
-from ..chain import InversionChain, NonFiniteInversion, invert, reconstruct
+from ..chain import InversionChain, NonFiniteInversion, coarse_schedule, invert, reconstruct
 from ..conditioning import Role
 from ..features import FeatureCache
 from ..image import prepare_reference
@@ -225,13 +225,20 @@ class RivalJob:
 
     def invert(self, sd_model: object, pixels: Tensor, cond: object, text: str) -> InversionChain:
         """The chain for this pass, from the cache when every input that shapes it is the same."""
+        sigmas = self.levels.sigmas
+        steps = int(getattr(shared.opts, "rival_inversion_steps", 0) or 0)
+        if 0 < steps < len(sigmas) - 1:
+            sigmas = coarse_schedule(sigmas, steps)
+            self.note(f"inversion on {steps} steps")
+        precision = getattr(shared.opts, "rival_inversion_precision", "fp32")
         self.chain_key = key = (
             model_identity(sd_model),
             hashlib.sha256(pixels.numpy().tobytes()).hexdigest(),
             tuple(pixels.shape),
-            tuple(round(float(s), 7) for s in self.levels.sigmas),
+            tuple(round(float(s), 7) for s in sigmas),
             text,
             str(devices.dtype_unet),
+            precision,
             parameterization_of(sd_model),
         )
         chain = CHAINS.get(key)
@@ -242,27 +249,27 @@ class RivalJob:
         denoiser = KDenoiser(A1111Eps(sd_model, self.schedule), self.schedule, cond)
         state = shared.state
         state.textinfo = "RIVAL: inverting reference"
-        total = len(self.levels.sigmas) - 1
+        total = len(sigmas) - 1
 
         def progress(done: int, _total: int) -> None:
             if state.interrupted or state.skipped:
                 raise InversionInterrupted
             state.sampling_step, state.sampling_steps = done, total
 
-        fp32 = getattr(shared.opts, "rival_inversion_precision", "fp32") == "fp32" and not low_vram(sd_model)
+        fp32 = precision == "fp32" and not low_vram(sd_model)
         with torch.no_grad():
             try:
                 if fp32:
                     with full_precision(sd_model, self.schedule) as model:
-                        chain = invert(z0, KDenoiser(model, self.schedule, cond), self.levels.sigmas, progress)
+                        chain = invert(z0, KDenoiser(model, self.schedule, cond), sigmas, progress)
                 else:
-                    chain = invert(z0, denoiser, self.levels.sigmas, callback=progress)
+                    chain = invert(z0, denoiser, sigmas, callback=progress)
             except NonFiniteInversion:
                 if fp32 or low_vram(sd_model):
                     raise
                 self.note("inversion redone in fp32 (half precision gave NaN/inf)")
                 with full_precision(sd_model, self.schedule) as model:
-                    chain = invert(z0, KDenoiser(model, self.schedule, cond), self.levels.sigmas, progress)
+                    chain = invert(z0, KDenoiser(model, self.schedule, cond), sigmas, progress)
             if self.args.show_reconstruction:
                 self.reconstructions.append(decode(sd_model, reconstruct(chain, denoiser)))
         CHAINS.put(key, chain)

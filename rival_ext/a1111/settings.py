@@ -31,6 +31,11 @@ def add_settings() -> None:
             {"choices": ["fp32", "model"]}, section=SECTION,
         ).info("fp32: the UNet is upcast for the inversion only (exact, costs memory while it runs); "
                "model: the checkpoint's precision, redone in fp32 if it overflows"),
+        "rival_inversion_steps": shared.OptionInfo(
+            0, "Inversion steps (0 = as many as the sampler takes)", gr.Slider,
+            {"minimum": 0, "maximum": 150, "step": 1}, section=SECTION,
+        ).info("fewer steps make the first image with a new reference faster; the sampler's other "
+               "levels are read from the chain by its segment rule (official invert_step)"),
         "rival_feature_cache": shared.OptionInfo(
             False, "Cache the reference's attention features (repeat generations need no reference rows; "
             "uses memory)", section=SECTION,
