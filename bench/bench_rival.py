@@ -57,6 +57,7 @@ from rival_ext import (
 )
 from rival_ext.cache import ChainCache
 from rival_ext.chain import coarse_schedule
+from rival_ext.features import FeatureCache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +91,7 @@ SD15_TINY: dict[str, Any] = {
 
 TOKENS = 77
 CFG_SCALE = 7.0
-TARGETS = {"first": 1.8, "repeat": 1.15, "batch4": 1.10, "memory": 1.10}
+TARGETS = {"first": 1.8, "repeat": 1.15, "batch4": 1.10, "features": 1.08, "memory": 1.10}
 GIB = 2**30
 
 
@@ -243,6 +244,7 @@ class Bench:
     cache: ChainCache = field(default_factory=ChainCache)
     chains: dict[int, InversionChain] = field(default_factory=dict)  # last chain per inversion step count
     inversion_s: tuple[float, float] = (0.0, 0.0)  # wall and CPU time of the last inversion
+    features: FeatureCache | None = None  # reference features recorded for the "features" scheme
 
     @property
     def model(self) -> UNetEps:
@@ -288,14 +290,23 @@ class Bench:
             x = x + float(s[i + 1] - s[i]) * (eps_u + CFG_SCALE * (eps_c - eps_u))
         return x * float(vp_scale(s[-1]))
 
-    def rival(self, batch: int, invert_steps: int | None = None, cached: bool | None = None) -> Tensor:
+    def record_features(self) -> None:
+        """An untimed generation that fills a fresh reference-feature cache (the first image's job)."""
+        self.features = FeatureCache(max_bytes=64 * 2**30, device_bytes=64 * 2**30)
+        self.rival(1, cached=None, features=self.features)
+
+    def rival(
+        self, batch: int, invert_steps: int | None = None, cached: bool | None = None,
+        features: FeatureCache | None = None,
+    ) -> Tensor:
         """A RIVAL generation (library driver): 1 + 2B rows per UNet call, chain from the cache or inverted."""
         invert_sigmas = self.sigmas if invert_steps is None else coarse_schedule(self.sigmas, invert_steps)
         chain = self.chain(invert_sigmas, cached)
         x = initial_latents(chain.top, list(range(batch)), self.params.init_latent)
         x = x.to(self.device, self.dtype)
         with SelfAttentionInjector(self.unet) as injector:
-            rival = RivalUNet(self.model, injector, self.params, Reference(chain, cond=self.ref, uncond=self.ref))
+            reference = Reference(chain, cond=self.ref, uncond=self.ref)
+            rival = RivalUNet(self.model, injector, self.params, reference, features)
             return sample_euler(
                 rival, self.schedule, x, self.sigmas, self.cond.repeat(batch), self.uncond.repeat(batch), CFG_SCALE
             )
@@ -380,6 +391,8 @@ def schemes(b: Bench, coarse: list[int]) -> list[Scheme]:
         Scheme("first", "RIVAL first image (inversion included)", "plain1", f"{n}x1 + {n}x3",
                lambda: b.rival(1, cached=False), b.cache.clear),
         Scheme("repeat", "RIVAL repeat (chain cached)", "plain1", f"{n}x3", lambda: b.rival(1, cached=True)),
+        Scheme("features", "RIVAL repeat, reference-feature cache", "plain1", f"{n}x2",
+               lambda: b.rival(1, cached=True, features=b.features), b.record_features),
         Scheme("plain4", "plain, batch 4", None, f"{n}x8", lambda: b.plain(4)),
         Scheme("batch4", "RIVAL batch 4 (chain cached)", "plain4", f"{n}x9", lambda: b.rival(4, cached=True)),
     ]
@@ -557,6 +570,8 @@ def _targets(results: dict[str, Result], metric: str) -> list[str]:
         _verdict(f"repeat, chain cached / plain ({metric})", results["repeat"].median(metric) / plain1,
                  TARGETS["repeat"]),
         _verdict(f"batch 4 / plain batch 4 ({metric})", results["batch4"].median(metric) / plain4, TARGETS["batch4"]),
+        _verdict(f"feature cache / plain ({metric})", results["features"].median(metric) / plain1,
+                 TARGETS["features"]),
     ]
 
 
