@@ -39,6 +39,7 @@ from .model import (
     encode_reference,
     encode_text,
     full_precision,
+    is_sdxl,
     low_vram,
     model_identity,
     parameterization_of,
@@ -201,7 +202,7 @@ class RivalJob:
             raise RivalInputError(str(error)) from None
         text = self.params.reference_text(current_prompt(p))
         cond = encode_text(sd_model, text, negative=False, width=width, height=height)
-        uncond = cond if text == "" and not getattr(sd_model, "is_sdxl", False) else encode_text(
+        uncond = cond if text == "" and not is_sdxl(sd_model) else encode_text(
             sd_model, "", negative=True, width=width, height=height)
         self.chain = self.invert(sd_model, pixels, cond, text)
         self.regenerate = self.inpaint_region(p, (h, w))
