@@ -328,3 +328,19 @@ def test_settings_are_registered(a1111):
     settings.add_settings()
     for key in ("rival_default_preset", "rival_chain_cache_entries", "rival_chain_cache_mb", "rival_feature_cache"):
         assert key in shared.opts.data_labels
+
+
+def test_use_the_selected_result_reads_every_gallery_form(tmp_path):
+    import gradio as gr
+
+    from rival_ext.a1111.ui import selected_image
+
+    path = tmp_path / "result.png"
+    reference_image().save(path)
+    buffer = io.BytesIO()
+    reference_image().save(buffer, format="PNG")
+    data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    expected = np.asarray(reference_image())
+    for gallery, index in (([{"name": str(path)}], 0), ([[str(path), "caption"]], 0), ([str(path), data_url], 1)):
+        assert np.array_equal(np.asarray(selected_image(index, gallery).convert("RGB")), expected)
+    assert selected_image(0, []) == gr.update()
