@@ -133,10 +133,18 @@ def test_an_image_does_not_depend_on_its_batch(a1111):
 
 
 def test_skipped_uncond_rows_route_correctly(a1111):
-    _, module = a1111
+    """With uncond rows dropped early (skip early CFG), calls hold cond rows only: the cursor must still
+    give them the reference-cond row, so the result equals the batch_cond_uncond-off run."""
+    model, module = a1111
     shared.opts.skip_early_cond = 0.5
-    _p, result = txt2img(module, enabled())
-    assert len(result.images) == 1 and not errors.exception_records
+    _, plain = txt2img(module, None)
+    _, together = txt2img(module, enabled(), batch_size=2)
+    shared.opts.batch_cond_uncond = False
+    _, apart = txt2img(module, enabled(), batch_size=2)
+    assert not np.array_equal(pixels(plain), pixels(together))
+    for i in range(2):
+        assert np.abs(pixels(together, i) - pixels(apart, i)).max() <= 1
+    assert hook_count(model) == 0 and not errors.exception_records
 
 
 @pytest.mark.parametrize("sampler", ["Euler a", "Heun", "DPM2", "DPM++ 2M", "DDIM"])
