@@ -135,15 +135,19 @@ def _context_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer, in
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         plan = injector.plan
-        if plan is None or plan.mode is AttentionMode.PLAIN:
+        if plan is None:
             return None
         hidden = args[0] if args else kwargs["x" if "x" in kwargs else "hidden_states"]
-        if len(args) > position:
-            own = args[position] if args[position] is not None else hidden
-            new_args = (*args[:position], injected_context(own, plan, index), *args[position + 1 :])
-            return new_args, kwargs
-        own = kwargs.get(layer.context_name)
+        positional = len(args) > position
+        own = args[position] if positional else kwargs.get(layer.context_name)
         own = hidden if own is None else own
-        return args, {**kwargs, layer.context_name: injected_context(own, plan, index)}
+        if plan.mode is AttentionMode.PLAIN:
+            if plan.record is not None:
+                plan.record[index] = own[: plan.record_rows].detach()
+            return None
+        context = injected_context(own, plan, index)
+        if positional:
+            return (*args[:position], context, *args[position + 1 :]), kwargs
+        return args, {**kwargs, layer.context_name: context}
 
     return hook

@@ -72,6 +72,7 @@ class ReferenceRowsHook:
         schedule: DiscreteSchedule,
         parameterization: str = "eps",
         features: FeatureCache | None = None,
+        separate: bool | None = None,
     ) -> None:
         self.unet = unet
         self.injector = injector
@@ -81,8 +82,13 @@ class ReferenceRowsHook:
         self.parameterization = parameterization
         self.shared = reference.shared
         self.features = features
+        # Another extension's instance-level forward (ControlNet's) sizes its own inputs by the call's
+        # rows: then the reference rows run in a pass of their own through the class forward (no
+        # control residuals, as the official ControlNet pipeline) and are replayed into the call.
+        self.separate = "forward" in vars(unet) if separate is None else separate
+        self._pass_features: FeatureCache | None = None
         self.evaluation: Evaluation | None = None
-        self._signature = inspect.signature(unet.forward)
+        self._signature = inspect.signature(type(unet).forward.__get__(unet))  # not an extension's wrapper
         self._names = {key: _pick(self._signature, names) for key, names in ARG_NAMES.items()}
         self._pending: ReferenceRows | None = None
         self._record: list[Tensor | None] | None = None
@@ -100,6 +106,7 @@ class ReferenceRowsHook:
     def remove(self) -> None:
         """Remove the hooks (idempotent) and forget the evaluation."""
         self._handles.remove()
+        self._pass_features = None
         if self._pending is not None:  # a call raised between the two hooks: drop the plan it set
             self.injector.plan = None
         self.evaluation = None
@@ -108,6 +115,8 @@ class ReferenceRowsHook:
     def begin(self, sigma: float, t: float, roles: Sequence[Role]) -> Evaluation:
         """Start a model evaluation at (sigma, t) whose rows, over all its UNet calls, have ``roles``."""
         self.evaluation = Evaluation(float(sigma), float(t), [Role(r) for r in roles])
+        if self.separate and self.features is None:  # only this evaluation's rows: nothing accumulates
+            self._pass_features = FeatureCache(max_bytes=2**62, device_bytes=2**62)
         return self.evaluation
 
     def end(self) -> None:
@@ -133,6 +142,8 @@ class ReferenceRowsHook:
         rows = reference_rows(roles if mode is not AttentionMode.PLAIN else [], self.shared, need_target)
         if rows.count == 0:
             return None
+        if self.separate:
+            self._reference_pass(mode, values, x)
         if self._replay(rows, mode, need_target, x.device):
             return None
         values[self._names["x"]] = torch.cat([self._reference_latent(rows.count, x), x])
@@ -148,13 +159,13 @@ class ReferenceRowsHook:
             values[self._names["y"]] = joined.y
         self._pending = rows
         if mode is not AttentionMode.PLAIN:
-            self._record = [None] * len(self.injector.layers) if self.features is not None else None
+            self._record = [None] * len(self.injector.layers) if self._cache is not None else None
             self.injector.plan = AttentionPlan(mode, rows.sources, record=self._record, record_rows=rows.count)
         return bound.args, bound.kwargs
 
     def _replay(self, rows: ReferenceRows, mode: AttentionMode, need_target: bool, device: torch.device) -> bool:
         """Serve the reference rows from the feature cache, if it holds them; the call keeps its size."""
-        ev, cache = self.evaluation, self.features
+        ev, cache = self.evaluation, self._cache
         if cache is None:
             return False
         key = evaluation_key(ev.sigma, ev.t)
@@ -178,16 +189,46 @@ class ReferenceRowsHook:
         index = rows.index(Role.COND)
         if ev is not None and index is not None and ev.eps_ref is None:
             ev.eps_ref = self._as_eps(output[index : index + 1], ev)
-        if ev is not None and self.features is not None:
-            self._store(rows, record, output, ev)
+        if ev is not None and self._cache is not None:
+            self._store(rows.roles, record, output, ev)
         return output[rows.count :]
 
-    def _store(self, rows: ReferenceRows, record: list | None, output: Tensor, ev: Evaluation) -> None:
+    @property
+    def _cache(self) -> FeatureCache | None:
+        return self.features if self.features is not None else self._pass_features
+
+    def _store(self, roles: tuple[Role, ...], record: list | None, output: Tensor, ev: Evaluation) -> None:
         key = evaluation_key(ev.sigma, ev.t)
         complete = record is not None and all(r is not None for r in record)
-        for i, role in enumerate(rows.roles):
+        for i, role in enumerate(roles):
             features = [r[i : i + 1].clone() for r in record] if complete else None
-            self.features.put(key, role, features, self._as_eps(output[i : i + 1], ev))
+            self._cache.put(key, role, features, self._as_eps(output[i : i + 1], ev))
+
+    def _reference_pass(self, mode: AttentionMode, values: dict, like: Tensor) -> None:
+        """Run the evaluation's missing reference rows through the UNet's class forward and record them."""
+        ev, cache = self.evaluation, self._cache
+        key, plain = evaluation_key(ev.sigma, ev.t), mode is AttentionMode.PLAIN
+        wanted = reference_rows(ev.roles if not plain else [], self.shared, self.params.adain_active(ev.t))
+        roles = tuple(r for r in wanted.roles if not cache.has(key, r, need_features=not plain))
+        if not roles:
+            return
+        t = torch.as_tensor(values[self._names["t"]], device=like.device).reshape(-1)[:1].expand(len(roles))
+        y_name = self._names["y"]
+        own = Conditioning(values[self._names["context"]], values.get(y_name) if y_name else None)
+        texts = Conditioning.cat([_like(self.reference.cond if r is Role.COND else self.reference.uncond, own)
+                                  for r in roles])
+        kwargs = {self._names["t"]: t, self._names["context"]: texts.context}
+        if texts.y is not None:
+            kwargs[y_name] = texts.y
+        record: list[Tensor | None] = [None] * len(self.injector.layers)
+        self.injector.plan = AttentionPlan(
+            AttentionMode.PLAIN, torch.arange(len(roles)), record=None if plain else record, record_rows=len(roles)
+        )
+        try:
+            output = type(self.unet).forward(self.unet, self._reference_latent(len(roles), like), **kwargs)
+        finally:
+            self.injector.plan = None
+        self._store(roles, None if plain else record, output, ev)
 
     def _reference_latent(self, count: int, like: Tensor) -> Tensor:
         ev = self.evaluation

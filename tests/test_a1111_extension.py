@@ -352,3 +352,25 @@ def test_use_the_selected_result_reads_every_gallery_form(tmp_path):
     for gallery, index in (([{"name": str(path)}], 0), ([[str(path), "caption"]], 0), ([str(path), data_url], 1)):
         assert np.array_equal(np.asarray(selected_image(index, gallery).convert("RGB")), expected)
     assert selected_image(0, []) == gr.update()
+
+
+def test_with_a_controlnet_style_unet_forward_the_reference_runs_apart(a1111):
+    """ControlNet replaces the UNet's instance forward and sizes its hints by the call's rows."""
+    model, module = a1111
+    _, in_call = txt2img(module, enabled(), batch_size=2)
+    unet = model.model.diffusion_model
+    class_forward, seen = unet.forward, []
+
+    def controlnet_like(x, *args, **kwargs):
+        seen.append(x.shape[0])
+        return class_forward(x, *args, **kwargs)
+
+    unet.forward = controlnet_like
+    try:
+        _, apart = txt2img(module, enabled(), batch_size=2)
+    finally:
+        del unet.forward
+    assert set(seen) == {4}  # only the generated rows (2 images x 2; the chain is cached): never more
+    for i in range(2):
+        assert np.abs(pixels(in_call, i) - pixels(apart, i)).max() <= 1
+    assert hook_count(model) == 0
