@@ -265,7 +265,7 @@ def test_a_job_is_invisible_to_another_generation(a1111):
     assert "sample" not in vars(waiting)
 
 
-@pytest.mark.parametrize("setup", ["sd3", "tensorrt", "controlnet reference", "unclip"])
+@pytest.mark.parametrize("setup", ["sd3", "tensorrt", "controlnet reference", "unclip", "hypertile"])
 def test_unsupported_setups_run_without_rival_and_say_why(a1111, monkeypatch, setup):
     model, module = a1111
     if setup == "sd3":
@@ -277,6 +277,9 @@ def test_unsupported_setups_run_without_rival_and_say_why(a1111, monkeypatch, se
     elif setup == "controlnet reference":
         block = next(m for m in model.model.diffusion_model.modules() if hasattr(m, "attn1"))
         monkeypatch.setattr(block, "_forward", block._forward, raising=False)
+    elif setup == "hypertile":  # Hypertile wraps attn1's forward per instance and tiles its input
+        attn1 = next(m.attn1 for m in model.model.diffusion_model.modules() if hasattr(m, "attn1"))
+        monkeypatch.setattr(attn1, "forward", attn1.forward, raising=False)
     else:
         monkeypatch.setattr(model.model, "conditioning_key", "crossattn-adm", raising=False)
     _, plain = txt2img(module, None)

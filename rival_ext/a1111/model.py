@@ -59,6 +59,10 @@ def check_supported(sd_model: object) -> None:
         if hasattr(block, "attn1") and hijacked:
             raise UnsupportedModel(f"another extension (ControlNet reference/StyleAlign?) rewrote {name}; "
                                    "turn its reference modes off to use RIVAL")
+        attn1 = getattr(block, "attn1", None)
+        if attn1 is not None and "forward" in vars(attn1):
+            raise UnsupportedModel(f"{name}.attn1 is wrapped by another feature (Hypertile?); turn it off "
+                                   "(Settings > Hypertile) to use RIVAL")
 
 
 def schedule_of(sd_model: object) -> DiscreteSchedule:
