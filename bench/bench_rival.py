@@ -311,6 +311,15 @@ class Bench:
                 rival, self.schedule, x, self.sigmas, self.cond.repeat(batch), self.uncond.repeat(batch), CFG_SCALE
             )
 
+    def rival_separate(self) -> Tensor:
+        """A repeat with another extension's instance forward on the UNet (as ControlNet installs):
+        the reference rows then run in a pass of their own and are replayed into the call."""
+        self.unet.forward = type(self.unet).forward.__get__(self.unet)
+        try:
+            return self.rival(1, cached=True)
+        finally:
+            del self.unet.forward
+
     def official(self) -> Tensor:
         """The official scheme's cost: inversion + one call of 4 rows per step.
 
@@ -393,6 +402,8 @@ def schemes(b: Bench, coarse: list[int]) -> list[Scheme]:
         Scheme("repeat", "RIVAL repeat (chain cached)", "plain1", f"{n}x3", lambda: b.rival(1, cached=True)),
         Scheme("features", "RIVAL repeat, reference-feature cache", "plain1", f"{n}x2",
                lambda: b.rival(1, cached=True, features=b.features), b.record_features),
+        Scheme("separate", "RIVAL repeat, reference in a separate pass (ControlNet present)", "plain1",
+               f"{n}x1 + {n}x2", b.rival_separate),
         Scheme("plain4", "plain, batch 4", None, f"{n}x8", lambda: b.plain(4)),
         Scheme("batch4", "RIVAL batch 4 (chain cached)", "plain4", f"{n}x9", lambda: b.rival(4, cached=True)),
     ]

@@ -30,7 +30,7 @@ def test_tiny_benchmark_completes_with_finite_positive_ratios(capsys, tmp_path) 
     result = main(["--tiny", "--out", str(out)])
     printed = capsys.readouterr().out
     _check(result, printed)
-    for key in ("first", "repeat", "batch4", "features", "official"):
+    for key in ("first", "repeat", "batch4", "features", "separate", "official"):
         assert f"sd15.{key}.wall" in result["ratios"]
     assert "| plain, batch 1 |" in printed
     assert out.read_text() == result["report"]
