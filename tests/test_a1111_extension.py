@@ -73,16 +73,17 @@ def test_a_failure_mid_sampling_removes_every_hook(a1111):
     assert np.array_equal(pixels(before), pixels(after))
 
 
-def test_interrupt_mid_sampling_ends_cleanly(a1111):
+@pytest.mark.parametrize("action", ["interrupt", "skip"])
+def test_interrupt_or_skip_mid_sampling_ends_cleanly(a1111, action):
     model, module = a1111
     seen = []
 
-    def interrupt_at_step_two(params):
+    def stop_at_step_two(params):
         seen.append(1)
         if len(seen) == 2:
-            shared.state.interrupt()
+            getattr(shared.state, action)()
 
-    script_callbacks.on_cfg_denoiser(interrupt_at_step_two)
+    script_callbacks.on_cfg_denoiser(stop_at_step_two)
     p, result = txt2img(module, enabled())
     assert len(seen) == 2 and len(result.images) == 1
     assert hook_count(model) == 0 and extension.job_of(p) is None

@@ -308,22 +308,6 @@ def test_rival_stops_at_a_model_switch_mid_sampling(a1111, monkeypatch):
     assert hook_count(model) == 0 and hook_count(other) == 0
 
 
-def test_skip_mid_sampling_ends_cleanly(a1111):
-    model, module = a1111
-    from modules import script_callbacks
-
-    seen = []
-
-    def skip_at_step_two(params):
-        seen.append(1)
-        if len(seen) == 2:
-            shared.state.skip()
-
-    script_callbacks.on_cfg_denoiser(skip_at_step_two)
-    p, result = txt2img(module, enabled())
-    assert len(result.images) == 1 and hook_count(model) == 0 and extension.job_of(p) is None
-
-
 @pytest.mark.parametrize("case", ["inpaint", "hires"])
 def test_disabled_is_bit_identical_for_inpaint_and_hires(a1111, case):
     _, module = a1111
