@@ -375,3 +375,22 @@ def test_with_a_controlnet_style_unet_forward_the_reference_runs_apart(a1111):
     for i in range(2):
         assert np.abs(pixels(in_call, i) - pixels(apart, i)).max() <= 1
     assert hook_count(model) == 0
+
+
+def test_xyz_axes_are_registered_once_on_the_xyz_script(a1111, monkeypatch):
+    """A1111 finds its X/Y/Z script in ``scripts.scripts_data``; RIVAL appends its axes there."""
+    import types
+    from collections import namedtuple
+
+    from rival_ext.a1111 import xyz
+
+    axis = namedtuple("AxisOption", ["label", "type", "apply", "choices"], defaults=[None])
+    xyz_module = types.SimpleNamespace(AxisOption=axis, axis_options=[])
+    entry = types.SimpleNamespace(script_class=type("Script", (), {"__module__": "xyz_grid.py"}), module=xyz_module)
+    monkeypatch.setattr(scripts, "scripts_data", [entry], raising=False)
+    assert xyz.register_axes() and xyz.register_axes()
+    labels = [o.label for o in xyz_module.axis_options]
+    assert labels == ["[RIVAL] Enabled", "[RIVAL] Preset", "[RIVAL] t_align", "[RIVAL] t_early", "[RIVAL] Early plain"]
+    p = types.SimpleNamespace()
+    xyz_module.axis_options[2].apply(p, 450.0, None)
+    assert xyz.overrides_of(p) == {"t_align": 450.0}
