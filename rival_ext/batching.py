@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -89,7 +90,6 @@ class ReferenceRowsHook:
         self._pass_features: FeatureCache | None = None
         self.evaluation: Evaluation | None = None
         self._signature = inspect.signature(type(unet).forward.__get__(unet))  # not an extension's wrapper
-        self._names = {key: _pick(self._signature, names) for key, names in ARG_NAMES.items()}
         self._pending: ReferenceRows | None = None
         self._record: list[Tensor | None] | None = None
         self._handles = HookHandles("row")
@@ -129,9 +129,8 @@ class ReferenceRowsHook:
         self.injector.plan = None
         if ev is None:
             return None
-        bound = self._signature.bind(*args, **kwargs)
-        values = bound.arguments
-        x = values[self._names["x"]]
+        call = CallArguments(self._signature, args, kwargs)
+        x = call.get("x")
         n = x.shape[0]
         if ev.cursor + n > len(ev.roles):  # a call of someone else's: leave it alone
             return None
@@ -143,25 +142,30 @@ class ReferenceRowsHook:
         if rows.count == 0:
             return None
         if self.separate:
-            self._reference_pass(mode, values, x)
+            self._reference_pass(mode, call)
         if self._replay(rows, mode, need_target, x.device):
             return None
-        values[self._names["x"]] = torch.cat([self._reference_latent(rows.count, x), x])
-        t_name = self._names["t"]
-        t = torch.as_tensor(values[t_name], device=x.device)
-        values[t_name] = torch.cat([t.reshape(-1)[:1].expand(rows.count), t.reshape(-1).expand(n)])
-        y_name = self._names["y"]
-        own = Conditioning(values[self._names["context"]], values.get(y_name) if y_name else None)
-        texts = [self.reference.cond if r is Role.COND else self.reference.uncond for r in rows.roles]
-        joined = Conditioning.cat([_like(text, own) for text in texts] + [own])
-        values[self._names["context"]] = joined.context
-        if joined.y is not None:
-            values[self._names["y"]] = joined.y
+        self._put_reference_rows(call, rows.roles, keep_own=True)
         self._pending = rows
         if mode is not AttentionMode.PLAIN:
             self._record = [None] * len(self.injector.layers) if self._cache is not None else None
             self.injector.plan = AttentionPlan(mode, rows.sources, record=self._record, record_rows=rows.count)
-        return bound.args, bound.kwargs
+        return call.args()
+
+    def _put_reference_rows(self, call: CallArguments, roles: tuple[Role, ...], keep_own: bool) -> None:
+        """Reference rows (latent, the call's timestep, their texts) in front of the call's rows, or alone."""
+        x = call.get("x")
+        z = self._reference_latent(len(roles), x)
+        t = torch.as_tensor(call.get("t"), device=x.device).reshape(-1)
+        own = Conditioning(call.get("context"), call.get("y"))
+        texts = [_like(self.reference.cond if r is Role.COND else self.reference.uncond, own) for r in roles]
+        joined = Conditioning.cat([*texts, own] if keep_own else texts)
+        call.set("x", torch.cat([z, x]) if keep_own else z)
+        reference_t = t[:1].expand(len(roles))
+        call.set("t", torch.cat([reference_t, t.expand(x.shape[0])]) if keep_own else reference_t)
+        call.set("context", joined.context)
+        if joined.y is not None:
+            call.set("y", joined.y)
 
     def _replay(self, rows: ReferenceRows, mode: AttentionMode, need_target: bool, device: torch.device) -> bool:
         """Serve the reference rows from the feature cache, if it holds them; the call keeps its size."""
@@ -204,7 +208,7 @@ class ReferenceRowsHook:
             features = [r[i : i + 1].clone() for r in record] if complete else None
             self._cache.put(key, role, features, self._as_eps(output[i : i + 1], ev))
 
-    def _reference_pass(self, mode: AttentionMode, values: dict, like: Tensor) -> None:
+    def _reference_pass(self, mode: AttentionMode, call: CallArguments) -> None:
         """Run the evaluation's missing reference rows through the UNet's class forward and record them."""
         ev, cache = self.evaluation, self._cache
         key, plain = evaluation_key(ev.sigma, ev.t), mode is AttentionMode.PLAIN
@@ -212,20 +216,15 @@ class ReferenceRowsHook:
         roles = tuple(r for r in wanted.roles if not cache.has(key, r, need_features=not plain))
         if not roles:
             return
-        t = torch.as_tensor(values[self._names["t"]], device=like.device).reshape(-1)[:1].expand(len(roles))
-        y_name = self._names["y"]
-        own = Conditioning(values[self._names["context"]], values.get(y_name) if y_name else None)
-        texts = Conditioning.cat([_like(self.reference.cond if r is Role.COND else self.reference.uncond, own)
-                                  for r in roles])
-        kwargs = {self._names["t"]: t, self._names["context"]: texts.context}
-        if texts.y is not None:
-            kwargs[y_name] = texts.y
+        alone = CallArguments(self._signature, *call.args())
+        self._put_reference_rows(alone, roles, keep_own=False)
         record: list[Tensor | None] = [None] * len(self.injector.layers)
         self.injector.plan = AttentionPlan(
             AttentionMode.PLAIN, torch.arange(len(roles)), record=None if plain else record, record_rows=len(roles)
         )
         try:
-            output = type(self.unet).forward(self.unet, self._reference_latent(len(roles), like), **kwargs)
+            args, kwargs = alone.args()
+            output = type(self.unet).forward(self.unet, *args, **kwargs)
         finally:
             self.injector.plan = None
         self._store(roles, None if plain else record, output, ev)
@@ -243,8 +242,39 @@ class ReferenceRowsHook:
         return abar**0.5 * out + (1 - abar) ** 0.5 * z
 
 
-def _pick(signature: inspect.Signature, names: tuple[str, ...]) -> str | None:
-    return next((n for n in names if n in signature.parameters), None)
+class CallArguments:
+    """A UNet call's arguments by role (x, t, context, y), wherever the forward's signature puts them.
+
+    A1111 replaces the UNet class's forward by ``forward(self, x, timesteps, context, *args, **kwargs)``,
+    so SDXL's ``y`` arrives among the keyword extras rather than as a named parameter.
+    """
+
+    def __init__(self, signature: inspect.Signature, args: tuple, kwargs: dict) -> None:
+        self.bound = signature.bind(*args, **kwargs)
+        self.extra = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+
+    def _slot(self, role: str) -> tuple[dict, str] | None:
+        values = self.bound.arguments
+        extra = values.get(self.extra, {}) if self.extra else {}
+        for name in ARG_NAMES[role]:
+            if name in values:
+                return values, name
+            if name in extra:
+                return extra, name
+        return None
+
+    def get(self, role: str) -> Any:
+        slot = self._slot(role)
+        return None if slot is None else slot[0][slot[1]]
+
+    def set(self, role: str, value: Any) -> None:
+        slot = self._slot(role)
+        if slot is None:
+            raise RuntimeError(f"RIVAL: the UNet call carries no {role} argument")
+        slot[0][slot[1]] = value
+
+    def args(self) -> tuple[tuple, dict]:
+        return self.bound.args, dict(self.bound.kwargs)
 
 
 def _like(text: Conditioning, own: Conditioning) -> Conditioning:

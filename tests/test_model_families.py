@@ -107,3 +107,31 @@ def test_v_prediction_reference_eps_is_the_eps_equivalent():
     x_ref = reference.chain.reference_at(sigma).unsqueeze(0).float()
     denoised = KDenoiser(model, schedule, reference.cond)(x_ref, torch.tensor([sigma]))
     torch.testing.assert_close(eps_ref, (x_ref - denoised) / sigma, rtol=1e-3, atol=1e-4)
+
+
+def test_y_arrives_among_keyword_extras_as_under_a1111s_patched_forward():
+    """A1111 replaces the UNet class forward by forward(self, x, timesteps, context, *args, **kwargs);
+    SDXL's y then travels in **kwargs and must still get the reference rows' pooled vectors."""
+    schedule, unet, model, reference = setup()
+    sigma = float(schedule.sigmas[701])
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    cond = Conditioning.cat([with_y(text(7, dtype=torch.float32), 7), with_y(text(8, dtype=torch.float32), 8)])
+    with SelfAttentionInjector(unet) as injector:
+        expected, eps_ref = RivalUNet(model, injector, RivalParams(), reference)(
+            z, sigma, 701.0, cond, [Role.COND, Role.UNCOND])
+
+    original = type(unet)
+
+    class A1111Patched(original):
+        def forward(self, x, timesteps=None, context=None, *args, **kwargs):
+            return original.forward(self, x, timesteps, context, *args, **kwargs)
+
+    unet.__class__ = A1111Patched
+    try:
+        with SelfAttentionInjector(unet) as injector:
+            got, got_ref = RivalUNet(model, injector, RivalParams(), reference)(
+                z, sigma, 701.0, cond, [Role.COND, Role.UNCOND])
+    finally:
+        unet.__class__ = original
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_ref, eps_ref, rtol=1e-5, atol=1e-6)
