@@ -94,8 +94,14 @@ def test_a_failing_postprocess_is_swallowed_by_a1111_and_leaves_nothing(a1111, m
 
 
 def test_out_of_memory_in_the_inversion_gives_a_clear_message(a1111):
+    """Out of memory in fp32 and again in the model's precision: the job stops with a clear message."""
     model, module = a1111
-    handle = fail_on_call(model, 2, torch.cuda.OutOfMemoryError("CUDA out of memory"))
+
+    def no_memory(_module, args):
+        if args[0].shape[0] == 1:  # the inversion's calls
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    handle = model.model.diffusion_model.register_forward_pre_hook(no_memory)
     with pytest.raises(RivalRuntimeError, match="out of GPU memory"):
         txt2img(module, enabled())
     handle.remove()
@@ -364,3 +370,20 @@ def test_v_prediction_checkpoints_run(a1111, monkeypatch):
     _, result = txt2img(module, enabled())
     assert not np.array_equal(pixels(plain), pixels(result)) and np.isfinite(pixels(result)).all()
     assert hook_count(model) == 0 and not errors.exception_records
+
+
+def test_no_memory_for_an_fp32_unet_falls_back_to_the_models_precision(a1111, monkeypatch):
+    model, module = a1111
+    from contextlib import contextmanager
+
+    from rival_ext.a1111 import job
+
+    @contextmanager
+    def no_memory(*_args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        yield
+
+    monkeypatch.setattr(job, "full_precision", no_memory)
+    _, result = txt2img(module, enabled())
+    assert "no memory for an fp32 UNet" in result.info and len(result.images) == 1
+    assert hook_count(model) == 0

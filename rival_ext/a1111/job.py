@@ -258,19 +258,27 @@ class RivalJob:
             state.sampling_step, state.sampling_steps = done, total
 
         fp32 = precision == "fp32" and not low_vram(sd_model)
+
+        def in_fp32() -> InversionChain:
+            with full_precision(sd_model, self.schedule) as model:
+                return invert(z0, KDenoiser(model, self.schedule, cond), sigmas, progress)
+
         with torch.no_grad():
-            try:
-                if fp32:
-                    with full_precision(sd_model, self.schedule) as model:
-                        chain = invert(z0, KDenoiser(model, self.schedule, cond), sigmas, progress)
-                else:
+            chain = None
+            if fp32:
+                try:
+                    chain = in_fp32()
+                except torch.cuda.OutOfMemoryError:  # the fp32 copy of the UNet does not fit: use the model's
+                    devices.torch_gc()
+                    self.note("inversion in the model's precision (no memory for an fp32 UNet)")
+            if chain is None:
+                try:
                     chain = invert(z0, denoiser, sigmas, callback=progress)
-            except NonFiniteInversion:
-                if fp32 or low_vram(sd_model):
-                    raise
-                self.note("inversion redone in fp32 (half precision gave NaN/inf)")
-                with full_precision(sd_model, self.schedule) as model:
-                    chain = invert(z0, KDenoiser(model, self.schedule, cond), sigmas, progress)
+                except NonFiniteInversion:
+                    if low_vram(sd_model):
+                        raise
+                    self.note("inversion redone in fp32 (half precision gave NaN/inf)")
+                    chain = in_fp32()
             if self.args.show_reconstruction:
                 self.reconstructions.append(decode(sd_model, reconstruct(chain, denoiser)))
         CHAINS.put(key, chain)
