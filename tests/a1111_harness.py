@@ -70,7 +70,8 @@ def enabled(**values) -> dict:
 def img2img(module, rival, mask=None, **settings):
     image = reference_image().resize((64, 64))
     p = processing.StableDiffusionProcessingImg2Img(
-        prompt="a cat", negative_prompt="", steps=6, width=64, height=64, seed=3, sampler_name="Euler",
+        prompt="a cat", negative_prompt="", steps=6, width=64, height=64, seed=3,
+        sampler_name=settings.pop("sampler_name", "Euler"),
         cfg_scale=5, init_images=[image], denoising_strength=settings.pop("denoising_strength", 0.75),
         mask=mask, inpaint_full_res=False, inpainting_fill=1, **settings,
     )

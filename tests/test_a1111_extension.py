@@ -259,14 +259,26 @@ def test_unsupported_model_runs_without_rival_and_says_so(a1111):
     assert "RIVAL notes" in result.info and "not supported" in result.info
 
 
-def test_initial_latent_starts_on_the_chain(a1111):
-    """With the inverted-latent start and everything else off, the first model input is the chain top."""
+@pytest.mark.parametrize(
+    ("mode", "sampler"), [("txt2img", "Euler"), ("txt2img", "DDIM"), ("img2img", "Euler"), ("img2img", "DDIM")]
+)
+def test_initial_latent_starts_on_the_chain(a1111, mode, sampler):
+    """With the inverted-latent start, the sampler's first model input is the chain's top, whatever
+    A1111 multiplies or adds to the noise (sigma_0 in txt2img, the init latent in img2img)."""
     _model, module = a1111
     seen = []
-    script_callbacks.on_cfg_denoiser(lambda params: seen.append(params.x[-1].clone()))
-    _p, _ = txt2img(module, enabled(init_latent="inverted", adain=False, early_plain=0))
+    script_callbacks.on_cfg_denoiser(lambda params: seen.append((params.x[-1].clone(), float(params.sigma[-1]))))
+    rival = enabled(init_latent="inverted")
+    if mode == "txt2img":
+        txt2img(module, rival, sampler_name=sampler)
+    else:
+        img2img(module, {**rival, "reference_image": None, "use_init_image": True}, sampler_name=sampler)
     chain = next(iter(CHAINS._items.values()))
-    torch.testing.assert_close(seen[0], chain.top.float(), rtol=1e-5, atol=1e-5)
+    first = seen[0][0]
+    expected = chain.top.float()
+    if sampler == "DDIM":  # VP latents: the top divided by sqrt(1 + sigma_0^2)
+        expected = expected * float((1 + float(chain.sigmas[0]) ** 2) ** -0.5)
+    torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_img2img_disabled_is_identical_and_enabled_differs(a1111):
