@@ -1,7 +1,8 @@
-"""Torch hook handles that are installed together and removed together, exactly once."""
+"""Hooks that are installed together and removed together, exactly once: torch handles, swapped attributes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -28,3 +29,24 @@ class HookHandles:
         """Remove every handle, newest first."""
         while self._handles:
             self._handles.pop().remove()
+
+
+def swap_attribute(obj: object, name: str, value: object) -> Callable[[], None]:
+    """Set ``obj.name = value``; the returned function puts back exactly what was there before.
+
+    An instance attribute is restored as it was; a class attribute is uncovered again by deleting
+    ours. Restoring does nothing once someone else has replaced our value (their wrapper stays).
+    """
+    had = name in vars(obj)
+    old = vars(obj).get(name)
+    setattr(obj, name, value)
+
+    def restore() -> None:
+        if vars(obj).get(name) is not value:
+            return
+        if had:
+            setattr(obj, name, old)
+        else:
+            delattr(obj, name)
+
+    return restore

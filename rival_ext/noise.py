@@ -9,6 +9,8 @@ into a (real-valued) timestep exactly as k-diffusion does: linear interpolation 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -99,3 +101,15 @@ class DiscreteSchedule:
         """Sigmas of the official DDIM grid followed by the end level (0, or sigma_min for parity)."""
         ts = torch.tensor(self.ddim_timesteps(steps))
         return torch.cat([self.sigmas[ts], torch.tensor([end], dtype=torch.float64)])
+
+    def official_end(self, sigmas: Tensor) -> Tensor | None:
+        """A k-diffusion DDIM-grid schedule ending at abar_0 (sigma_min) instead of 0, else None.
+
+        The DDIM grid's last level is t = 1; below it the official code puts the clean latent at
+        level abar_0 (diffusers' ``set_alpha_to_one=False``), both as the inversion's origin and as
+        the sampler's end. Schedules that reach sigma_min themselves (Karras, ...) keep 0.
+        """
+        s = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+        if len(s) < 2 or float(s[-1]) != 0.0 or not math.isclose(float(s[-2]), float(self.sigmas[1]), rel_tol=1e-5):
+            return None
+        return torch.cat([s[:-1], self.sigmas[:1]])

@@ -68,7 +68,7 @@ class RivalParams:
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name} must be a number in [0, 1000], got {value!r}")
             if not math.isfinite(value) or not 0.0 <= value <= TIMESTEP_MAX:
-                raise ValueError(f"{name} must be in [0, 1000], got {value!r}")
+                raise ValueError(f"{name} must be a number in [0, 1000], got {value!r}")
             object.__setattr__(self, name, float(value))
         for name, enum in (
             ("reference_prompt", ReferencePrompt),

@@ -23,7 +23,7 @@ class RivalScript(scripts.Script):
 
     def process(self, p, *args):
         settings.apply_cache_settings()
-        extension.start(p, args)
+        extension.start(p, args, settings.default_preset())
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         extension.before_every_sampling(p, kwargs["x"], kwargs["noise"])

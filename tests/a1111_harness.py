@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "tests" / "a1111_stub"))
 
 import fake_model  # noqa: E402
 from modules import processing, script_callbacks, scripts  # noqa: E402
+from modules.api import api  # noqa: E402
 
 from rival_ext.a1111.job import CHAINS  # noqa: E402
 
@@ -53,10 +54,18 @@ def txt2img(module, rival: dict | list | None, **settings) -> tuple[object, obje
         sampler_name=settings.pop("sampler_name", "Euler"), cfg_scale=5, **settings,
     )
     if rival is not None:
-        runner = scripts.ScriptRunner([module.RivalScript()])
-        p.scripts = runner
-        p.script_args = runner.script_args_for([rival if isinstance(rival, list) else [rival]])
+        attach(p, scripts.ScriptRunner([module.RivalScript()]), rival)
     return p, processing.process_images(p)
+
+
+def attach(p, runner, rival: dict | list) -> None:
+    """The panel's positional list as the UI sends it, or a dict as an API request (padded as A1111 does)."""
+    p.scripts = runner
+    if isinstance(rival, dict):
+        p.is_api = True
+        p.script_args = api.init_script_args(runner, {"RIVAL": {"args": [rival]}})
+    else:
+        p.script_args = runner.script_args_for([rival])
 
 
 def pixels(result, index: int = 0) -> np.ndarray:
@@ -77,9 +86,7 @@ def img2img(module, rival, mask=None, **settings):
     )
     torch.manual_seed(0)  # A1111 encodes the init image with a posterior sample from the global RNG
     if rival is not None:
-        runner = scripts.ScriptRunner([module.RivalScript()], is_img2img=True)
-        p.scripts = runner
-        p.script_args = runner.script_args_for([[rival]])
+        attach(p, scripts.ScriptRunner([module.RivalScript()], is_img2img=True), rival)
     return p, processing.process_images(p)
 
 

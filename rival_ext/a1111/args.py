@@ -3,7 +3,9 @@
 The positional order is the order of the panel's controls and only ever grows at the end, so
 saved UI settings and API clients that send a list keep working. API clients should send one
 dict of named values instead: unknown names and bad values are rejected with a message that
-names them.
+names them. A1111's API pads the script's args after that dict with the panel's defaults
+(``api.py`` ``init_default_script_args``/``init_script_args``), so a dict may be followed by
+exactly those defaults; anything else after it is refused.
 """
 
 from __future__ import annotations
@@ -59,12 +61,14 @@ PRESET_LABELS = {p.title: name for name, p in PRESETS.items()} | {"Custom": CUST
 
 
 class RivalInputError(ValueError):
-    """Bad panel or API input; ``status_code`` makes A1111's API answer 422 with the message."""
+    """Bad panel or API input: A1111's API answers 422 with the message as ``detail``.
 
-    status_code = 422
+    A1111's ``handle_exception`` reads ``vars(e)``, so the status must be an instance attribute.
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(f"RIVAL: {message}")
+        self.status_code = 422
         self.detail = str(self)
 
 
@@ -81,11 +85,40 @@ class RivalArgs:
     show_reconstruction: bool = False
 
 
-def parse_args(args: Sequence[object]) -> RivalArgs:
-    """RivalArgs from the script's args: the positional UI values, or ``[dict]`` from the API."""
+def panel_defaults(preset_name: str) -> dict[str, object]:
+    """The value each panel control starts with (what A1111's API pads script args with)."""
+    base = preset(preset_name if preset_name in PRESETS else "variation")
+    p = base.params
+    return {
+        "enabled": False,
+        "reference_image": None,
+        "use_init_image": False,
+        "preset": base.title,
+        "t_align": p.t_align,
+        "t_early": p.t_early,
+        "early_plain": p.early_plain,
+        "reference_prompt": label_of(REFERENCE_PROMPT_LABELS, p.reference_prompt),
+        "custom_prompt": "",
+        "init_latent": label_of(INIT_LATENT_LABELS, p.init_latent),
+        "apply_to_hires": False,
+        "switch_rule": label_of(SWITCH_RULE_LABELS, SwitchRule.OFFICIAL),
+        "adain": True,
+        "show_reconstruction": False,
+    }
+
+
+def label_of(labels: dict, value: object) -> str:
+    """The panel label of an enum value."""
+    return next(label for label, v in labels.items() if v == value)
+
+
+def parse_args(args: Sequence[object], default_preset: str = "variation") -> RivalArgs:
+    """RivalArgs from the script's args: the positional UI values, or a dict from the API.
+
+    A dict may be followed by the panel's defaults for ``default_preset`` (A1111's API padding).
+    """
     if len(args) >= 1 and isinstance(args[0], dict):
-        if len(args) > 1:
-            raise RivalInputError("send either one dict of named values or the positional list, not both")
+        _check_padding(args[1:], panel_defaults(default_preset))
         return parse_named(args[0])
     if len(args) > len(FIELDS):
         raise RivalInputError(f"expected at most {len(FIELDS)} positional values, got {len(args)}")
@@ -131,6 +164,23 @@ def parse_named(values: dict[str, object], positional: bool = False) -> RivalArg
         apply_to_hires=_bool(values, "apply_to_hires", False),
         show_reconstruction=_bool(values, "show_reconstruction", False),
     )
+
+
+def _check_padding(rest: Sequence[object], defaults: dict[str, object]) -> None:
+    """Refuse values after the API dict other than the panel defaults A1111 fills in there."""
+    if len(rest) > len(FIELDS) - 1:
+        raise RivalInputError(f"expected at most {len(FIELDS)} args, got {len(rest) + 1}")
+    for position, (name, value) in enumerate(zip(FIELDS[1:], rest), start=2):
+        if not _is_default(value, defaults[name]):
+            raise RivalInputError(
+                f"args[{position - 1}] ({name}) is {value!r} after the dict of named values: put every "
+                f"value in the dict (A1111 fills the positions after it with the panel's defaults)")
+
+
+def _is_default(value: object, default: object) -> bool:
+    if default is None or default == "":
+        return value is None or value == ""
+    return isinstance(value, (bool, numbers.Real, str)) and value == default
 
 
 def decode_image(value: object) -> Image.Image:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..hooks import swap_attribute
 from ..image import pixel_hash
 from .args import FIELDS, RivalInputError, parse_args
 from .infotext import generation_params
@@ -25,15 +26,19 @@ def job_of(p: object) -> RivalJob | None:
     return getattr(p, JOB_ATTRIBUTE, None)
 
 
-def start(p: object, args: Sequence[object]) -> None:
-    """``process``: validate the panel, attach a job to ``p`` and make ``p.sample`` clean up."""
+def start(p: object, args: Sequence[object], default_preset: str = "variation") -> None:
+    """``process``: validate the panel, attach a job to ``p`` and make ``p.sample`` clean up.
+
+    ``default_preset`` is the preset the panel starts with (the API pads a dict with its values).
+    """
     finish(p)
     try:
-        parsed = parse_args(with_overrides(args, overrides_of(p)))
+        parsed = parse_args(with_overrides(args, overrides_of(p)), default_preset)
         if not parsed.enabled:
             return
         if parsed.reference_image is None and not parsed.use_init_image:
-            raise RivalInputError("no reference image: upload one in the RIVAL panel or turn RIVAL off")
+            raise RivalInputError("no reference image (reference_image): upload one in the RIVAL panel, or untick "
+                                  "the box in the panel's header to turn RIVAL off (opening the panel ticks it)")
     except RivalInputError as error:
         _refuse(p, error)
         return
@@ -57,13 +62,11 @@ def with_overrides(args: Sequence[object], overrides: dict[str, object]) -> list
 
 def _refuse(p: object, error: RivalInputError) -> None:
     """Stop the generation with ``error``: raised from p.sample, where A1111 does not swallow it."""
-    original = p.sample
-
     def sample(*_args: object, **_kwargs: object) -> object:
-        p.sample = original
+        restore()
         raise error
 
-    p.sample = sample
+    restore = swap_attribute(p, "sample", sample)
     print(f"{error}")
 
 

@@ -11,7 +11,8 @@ and finished by ``on_cfg_after_cfg`` (AdaIN after CFG).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ from ..cache import ChainCache
 from ..chain import InversionChain, NonFiniteInversion, coarse_schedule, invert, reconstruct
 from ..conditioning import Role
 from ..features import FeatureCache
+from ..hooks import swap_attribute
 from ..image import prepare_reference
 from ..latent_init import force_keep, initial_latents, inpaint_initial_latent
 from ..models import KDenoiser
@@ -36,6 +38,7 @@ from .model import (
     A1111Eps,
     UnsupportedModel,
     check_supported,
+    class_forward,
     encode_reference,
     encode_text,
     full_precision,
@@ -91,6 +94,7 @@ class PassLevels:
     sigmas: Tensor  # VE, descending, last = origin (0 or sigma_min)
     timesteps: bool  # DDIM/PLMS/UniPC family: the denoiser's "sigma" is a timestep, latents VP
     txt2img: bool  # the sampler starts from unit noise (else from an init latent plus noise)
+    sampler_sigmas: Tensor | None = None  # the whole schedule the k-diffusion sampler must use instead
 
 
 class RivalJob:
@@ -105,45 +109,59 @@ class RivalJob:
         self.schedule: DiscreteSchedule | None = None
         self.levels: PassLevels | None = None
         self.chain: InversionChain | None = None
+        self.keep_chain: InversionChain | None = None  # inpainting: the chain of the image being inpainted
         self.regenerate: Tensor | None = None
         self.sd_model: object = None
         self.chain_key: tuple = ()
         self.injector: SelfAttentionInjector | None = None
         self.rows: ReferenceRowsHook | None = None
         self._uncond_x: Tensor | None = None
-        self._original_sample: Callable | None = None
+        self._restore_sample: Callable[[], None] | None = None
+        self._restore_schedule: Callable[[], None] | None = None
 
     # -- lifetime ---------------------------------------------------------------------------------
 
     def wrap_sample(self) -> None:
-        """Make ``p.sample`` remove every hook when it returns, raises or is interrupted."""
-        p, original = self.p, self.p.sample
-        self._original_sample = original
+        """Make ``p.sample`` remove every hook when it returns, raises or is interrupted.
+
+        ``p.sample`` runs once per batch (batch count), so after a batch the wrapper stays until
+        ``close`` (postprocess), which puts back exactly what was there (another extension's wrapper
+        included). An error ends the generation: then it is put back at once.
+        """
+        original = self.p.sample
 
         def sample(*args: object, **kwargs: object) -> object:
+            finished = False
             try:
-                return original(*args, **kwargs)
+                result = original(*args, **kwargs)
+                finished = True
+                return result
             except RivalAbort as abort:
                 raise abort.error from None
             finally:
-                self.close()
+                if finished:
+                    self.uninstall()
+                else:
+                    self.close()
 
-        p.sample = sample
+        self._restore_sample = swap_attribute(self.p, "sample", sample)
 
     def close(self) -> None:
         """Remove hooks and give ``p.sample`` back (idempotent)."""
         self.uninstall()
-        if self._original_sample is not None and "sample" in vars(self.p):
-            del self.p.sample
-        self._original_sample = None
+        if self._restore_sample is not None:
+            self._restore_sample()
+        self._restore_sample = None
 
     def uninstall(self) -> None:
-        """Remove the hooks of the current pass (the chain stays for ``post_sample``)."""
+        """Remove the hooks of the current pass (the chains stay for ``post_sample``)."""
         if self.rows is not None:
             self.rows.remove()
         if self.injector is not None:
             self.injector.remove()
-        self.rows = self.injector = None
+        if self._restore_schedule is not None:
+            self._restore_schedule()
+        self.rows = self.injector = self._restore_schedule = None
         self._uncond_x = None
 
     @property
@@ -161,7 +179,7 @@ class RivalJob:
     def prepare_pass(self, p: object, x: Tensor, noise: Tensor) -> None:
         """Invert the reference on this pass's schedule, set the start latent, install the hooks."""
         self.uninstall()
-        self.chain = self.regenerate = None
+        self.chain = self.keep_chain = self.regenerate = None
         hires = bool(getattr(p, "is_hr_pass", False))
         if hires and not self.args.apply_to_hires:
             self.note("off in the hires pass")
@@ -196,6 +214,9 @@ class RivalJob:
         self.sd_model = sd_model
         self.schedule = schedule_of(sd_model)
         self.levels = pass_levels(p, self.schedule, txt2img=x is noise, hires=hires)
+        if self.levels.sampler_sigmas is not None:
+            sigmas = self.levels.sampler_sigmas.float()
+            self._restore_schedule = swap_attribute(p, "sampler_noise_scheduler_override", lambda _steps: sigmas)
         try:
             pixels = prepare_reference(self.reference_image(p), width, height)
         except ValueError as error:
@@ -206,6 +227,8 @@ class RivalJob:
             sd_model, "", negative=True, width=width, height=height)
         self.chain = self.invert(sd_model, pixels, cond, text)
         self.regenerate = self.inpaint_region(p, (h, w))
+        if self.regenerate is not None:
+            self.keep_chain = self.inpainted_chain(p, sd_model, cond, text)
         self.set_initial_latent(p, x, noise, batch)
         unet = unet_of(sd_model)
         self.injector = SelfAttentionInjector(unet).__enter__()
@@ -225,31 +248,57 @@ class RivalJob:
         return self.args.reference_image
 
     def invert(self, sd_model: object, pixels: Tensor, cond: object, text: str) -> InversionChain:
-        """The chain for this pass, from the cache when every input that shapes it is the same."""
+        """The reference's chain for this pass (its VAE mean), with the reconstruction preview if asked."""
+        chain = self.chain_of(sd_model, pixels, lambda: encode_reference(sd_model, pixels), cond, text, "reference")
+        if self.args.show_reconstruction:
+            denoiser = KDenoiser(A1111Eps(sd_model, self.schedule), self.schedule, cond)
+            with torch.no_grad(), class_forward(unet_of(sd_model)):
+                self.reconstructions.append(decode(sd_model, reconstruct(chain, denoiser)))
+        return chain
+
+    def inpainted_chain(self, p: object, sd_model: object, cond: object, text: str) -> InversionChain:
+        """Inpainting: the chain the keep region follows, that of the image being inpainted.
+
+        One inversion when the reference is the init image on the whole picture; otherwise the init
+        latent A1111 encoded (for "Only masked", its crop at the generation size) is inverted too.
+        """
+        if self.args.use_init_image and not getattr(p, "inpaint_full_res", False):
+            return self.chain
+        latents = p.init_latent.float()
+        if any(not torch.equal(latents[0], other) for other in latents[1:]):
+            raise RivalInputError("inpainting with RIVAL takes one init image for the whole batch")
+        z0 = latents[:1].cpu()
+        return self.chain_of(sd_model, z0, lambda: z0, cond, text, "init image")
+
+    def chain_of(self, sd_model: object, source: Tensor, latent: Callable[[], Tensor], cond: object, text: str,
+                 what: str) -> InversionChain:
+        """The chain of ``source`` on this pass, from the cache when every input that shapes it is the same."""
         sigmas = self.levels.sigmas
         steps = int(getattr(shared.opts, "rival_inversion_steps", 0) or 0)
         if 0 < steps < len(sigmas) - 1:
             sigmas = coarse_schedule(sigmas, steps)
             self.note(f"inversion on {steps} steps")
         precision = getattr(shared.opts, "rival_inversion_precision", "fp32")
-        self.chain_key = key = (
+        key = (
             model_identity(sd_model),
-            hashlib.sha256(pixels.numpy().tobytes()).hexdigest(),
-            tuple(pixels.shape),
+            hashlib.sha256(source.numpy().tobytes()).hexdigest(),
+            tuple(source.shape),
             tuple(round(float(s), 7) for s in sigmas),
             text,
             str(devices.dtype_unet),
             precision,
             parameterization_of(sd_model),
         )
+        if what == "reference":
+            self.chain_key = key
         chain = CHAINS.get(key)
         if chain is not None:
-            self.note("chain from cache")
+            self.note(f"{what} chain from cache" if what != "reference" else "chain from cache")
             return chain
-        z0 = encode_reference(sd_model, pixels)
+        z0 = latent()
         denoiser = KDenoiser(A1111Eps(sd_model, self.schedule), self.schedule, cond)
         state = shared.state
-        state.textinfo = "RIVAL: inverting reference"
+        textinfo, state.textinfo = state.textinfo, f"RIVAL: inverting the {what}"
         total = len(sigmas) - 1
 
         def progress(done: int, _total: int) -> None:
@@ -258,12 +307,14 @@ class RivalJob:
             state.sampling_step, state.sampling_steps = done, total
 
         fp32 = precision == "fp32" and not low_vram(sd_model)
+        if precision == "fp32" and not fp32:
+            self.note("inversion in the model's precision (--medvram/--lowvram)")
 
         def in_fp32() -> InversionChain:
             with full_precision(sd_model, self.schedule) as model:
                 return invert(z0, KDenoiser(model, self.schedule, cond), sigmas, progress)
 
-        with torch.no_grad():
+        with torch.no_grad(), class_forward(unet_of(sd_model)), restored(state, "textinfo", textinfo):
             chain = None
             if fp32:
                 try:
@@ -279,8 +330,6 @@ class RivalJob:
                         raise
                     self.note("inversion redone in fp32 (half precision gave NaN/inf)")
                     chain = in_fp32()
-            if self.args.show_reconstruction:
-                self.reconstructions.append(decode(sd_model, reconstruct(chain, denoiser)))
         CHAINS.put(key, chain)
         return chain
 
@@ -291,9 +340,6 @@ class RivalJob:
             if self.args.preset == "inpainting":
                 raise RivalInputError("the Inpainting preset needs img2img's inpaint tab with a mask")
             return None
-        if getattr(p, "inpaint_full_res", False):
-            raise RivalInputError("use 'Inpaint area: Whole picture' with RIVAL (the reference covers the "
-                                  "whole image)")
         regenerate = (nmask[0] if nmask.dim() == 3 else nmask.reshape(-1, *nmask.shape[-2:])[0]) >= 0.5
         if tuple(regenerate.shape) != size:
             raise RivalInputError(f"the mask's latent size {tuple(regenerate.shape)} differs from {size}")
@@ -307,7 +353,8 @@ class RivalJob:
         seeds = list(getattr(p, "seeds", None) or [0] * batch)[:batch]
         seeds += [seeds[-1] + i + 1 for i in range(batch - len(seeds))]
         if self.regenerate is not None:
-            start = torch.stack([inpaint_initial_latent(chain.top, self.regenerate, s) for s in seeds])
+            top = self.keep_chain.top
+            start = torch.stack([inpaint_initial_latent(top, self.regenerate, s) for s in seeds])
         else:
             start = initial_latents(chain.top, seeds, self.params.init_latent)
         if start is None:  # seed noise: leave the sampler's own start
@@ -347,7 +394,7 @@ class RivalJob:
         n_cond, n_uncond = params.text_cond.shape[0], params.text_uncond.shape[0]
         self.rows.begin(sigma, t, [Role.COND] * n_cond + [Role.UNCOND] * n_uncond)
         if self.regenerate is not None:
-            chain = self.chain
+            chain = self.keep_chain
             reference = chain.reference_vp(sigma) if self.levels.timesteps else chain.reference_at(sigma)
             params.x = force_keep(params.x, reference, self.regenerate)
             params.denoiser.mask = None  # A1111's own blend would pull the keep region off the chain
@@ -369,9 +416,9 @@ class RivalJob:
         params.x = adain_denoised(params.x, x, sigma, evaluation.eps_ref)
 
     def post_sample(self, samples: Tensor) -> None:
-        """Inpainting: the keep region ends exactly on the clean reference (official last overwrite)."""
-        if self.regenerate is not None and self.chain is not None and isinstance(samples, Tensor):
-            samples.copy_(force_keep(samples, self.chain.origin_latent, self.regenerate))
+        """Inpainting: the keep region ends exactly on the inpainted image's clean latent (official overwrite)."""
+        if self.regenerate is not None and self.keep_chain is not None and isinstance(samples, Tensor):
+            samples.copy_(force_keep(samples, self.keep_chain.origin_latent, self.regenerate))
 
 
 def current_prompt(p: object) -> str:
@@ -392,10 +439,12 @@ def pass_levels(p: object, schedule: DiscreteSchedule, txt2img: bool, hires: boo
     else:
         steps, t_enc = p.steps, None
     if hasattr(sampler, "get_sigmas"):
-        sigmas = torch.as_tensor(sampler.get_sigmas(p, steps), dtype=torch.float64).cpu()
+        full = torch.as_tensor(sampler.get_sigmas(p, steps), dtype=torch.float64).cpu()
+        official = schedule.official_end(full)
+        sigmas = full if official is None else official
         if t_enc is not None:
             sigmas = sigmas[steps - t_enc - 1 :]
-        return PassLevels(sigmas, timesteps=False, txt2img=txt2img)
+        return PassLevels(sigmas, timesteps=False, txt2img=txt2img, sampler_sigmas=official)
     if hasattr(sampler, "get_timesteps"):
         ts = torch.as_tensor(sampler.get_timesteps(p, steps)).long().cpu()
         if t_enc is not None:
@@ -411,3 +460,12 @@ def decode(sd_model: object, latent: Tensor) -> Image.Image:
     x = sd_model.decode_first_stage(latent.to(devices.device, devices.dtype_vae))
     array = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array)
+
+
+@contextmanager
+def restored(obj: object, name: str, value: object) -> Iterator[None]:
+    """Set ``obj.name`` back to ``value`` when the block ends (the progress text after the inversion)."""
+    try:
+        yield
+    finally:
+        setattr(obj, name, value)

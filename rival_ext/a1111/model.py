@@ -8,7 +8,7 @@ the reference is treated exactly like the generated image.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from modules import devices, shared
@@ -77,19 +77,38 @@ def parameterization_of(sd_model: object) -> str:
 
 @torch.no_grad()
 def encode_reference(sd_model: object, pixels: Tensor) -> Tensor:
-    """The reference's latent from the VAE posterior mean (deterministic, as the official code)."""
+    """``scale_factor`` x the VAE posterior mean of the reference, as the official code (never a sample).
+
+    ldm (SD1, SD2) returns the posterior: its ``mean`` is taken. sgm (SDXL) samples inside
+    ``encode_first_stage`` and returns a plain, already scaled tensor (which also has a ``.mode()``
+    method, the statistical one): its regularizer is switched to the mode for the call.
+    """
     x = pixels.to(devices.device, devices.dtype_vae)
-    posterior = sd_model.encode_first_stage(x)
-    if hasattr(posterior, "mode"):
-        latent = sd_model.get_first_stage_encoding(posterior.mode())
-    else:  # sgm returns a sample already: make it reproducible
-        with torch.random.fork_rng(devices=[] if x.device.type == "cpu" else [x.device]):
-            torch.manual_seed(0)
-            latent = sd_model.get_first_stage_encoding(sd_model.encode_first_stage(x))
+    with posterior_mode(sd_model):
+        encoded = sd_model.encode_first_stage(x)
+    if isinstance(encoded, Tensor):
+        latent = sd_model.get_first_stage_encoding(encoded)
+    else:
+        latent = sd_model.get_first_stage_encoding(encoded.mean)
     latent = latent.float()
     if not torch.isfinite(latent).all():
         raise ValueError("the VAE produced NaN/inf for the reference; try --no-half-vae or an fp16-fix VAE")
     return latent
+
+
+@contextmanager
+def posterior_mode(sd_model: object) -> Iterator[None]:
+    """sgm's ``DiagonalGaussianRegularizer`` returns the posterior's mode instead of a sample in the block."""
+    regularizer = getattr(getattr(sd_model, "first_stage_model", None), "regularization", None)
+    if not isinstance(getattr(regularizer, "sample", None), bool):
+        yield
+        return
+    sample = regularizer.sample
+    regularizer.sample = False
+    try:
+        yield
+    finally:
+        regularizer.sample = sample
 
 
 @torch.no_grad()
@@ -148,29 +167,55 @@ def model_identity(sd_model: object) -> str:
 
 
 @contextmanager
+def class_forward(unet: nn.Module) -> Iterator[None]:
+    """The UNet's own (class) forward for the block, without another extension's instance forward.
+
+    sd-webui-controlnet replaces ``forward`` on the instance in its ``process()``; the official
+    ControlNet pipeline inverts the reference with the plain UNet, so the inversion runs here.
+    """
+    replaced = vars(unet).pop("forward", None)
+    try:
+        yield
+    finally:
+        if replaced is not None:
+            unet.forward = replaced
+
+
+@contextmanager
 def full_precision(sd_model: object, schedule: DiscreteSchedule) -> Iterator[UNetEps]:
     """An fp32 eps model of the loaded UNet for the block (fp16 -> fp32 -> fp16 is exact).
 
     It calls the UNet directly with autocast off: A1111's ``apply_model`` would cast back to
     half precision. Used for the inversion (setting "fp32", and the redo of a half-precision
-    inversion that overflowed, the cause of black images in similar tools). Weights and dtypes
-    are restored even when the block raises.
+    inversion that overflowed, the cause of black images in similar tools). Every parameter and
+    buffer gets its own dtype back (A1111's FP8 option keeps norms in fp16/fp32 beside float8
+    weights), also when the block raises.
     """
     unet = unet_of(sd_model)
-    weights = next(unet.parameters()).dtype
+    tensors = [t for t in (*unet.parameters(), *unet.buffers()) if t.is_floating_point()]
+    dtypes = [t.dtype for t in tensors]
     had_attr = "dtype" in vars(unet)
     old_attr = getattr(unet, "dtype", None)
     try:
-        unet.float()
+        for tensor in tensors:
+            tensor.data = tensor.data.float()
         if had_attr:
             unet.dtype = torch.float32
         device = next(unet.parameters()).device
-        with torch.autocast(device_type=device.type, enabled=False):
+        with no_autocast(device.type):
             yield UNetEps(unet, schedule, parameterization_of(sd_model))
     finally:
-        unet.to(weights)
+        for tensor, dtype in zip(tensors, dtypes):
+            tensor.data = tensor.data.to(dtype)
         if had_attr:
             unet.dtype = old_attr
+
+
+def no_autocast(device_type: str) -> AbstractContextManager:
+    """Autocast off where the device type has autocast; nothing elsewhere (MPS raises on torch < 2.5)."""
+    if device_type in ("cuda", "cpu", "xpu"):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return nullcontext()
 
 
 def low_vram(sd_model: object) -> bool:

@@ -16,6 +16,8 @@ from .args import (
     PRESET_LABELS,
     REFERENCE_PROMPT_LABELS,
     SWITCH_RULE_LABELS,
+    label_of,
+    panel_defaults,
 )
 from .infotext import KEYS
 
@@ -42,11 +44,6 @@ HINTS = {
 }
 
 
-def label_of(labels: dict, value: object) -> str:
-    """The panel label of an enum value."""
-    return next(label for label, v in labels.items() if v == value)
-
-
 def preset_values(title: str) -> list[object]:
     """Slider and radio values of a preset, in the order of ``PRESET_OUTPUTS``."""
     name = PRESET_LABELS.get(title, title)
@@ -66,51 +63,51 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
     """Create the panel; returns its components in ``args.FIELDS`` order."""
     from modules.ui_components import InputAccordion
 
-    base = preset(default_preset if default_preset in PRESETS else "variation")
-    p = base.params
+    values = panel_defaults(default_preset)
     elem = script.elem_id
-    with InputAccordion(False, label="RIVAL", elem_id=elem("rival")) as enabled:
+    with InputAccordion(values["enabled"], label="RIVAL", elem_id=elem("rival")) as enabled:
         with gr.Row():
             reference_image = gr.Image(label="Reference image", type="pil", elem_id=elem("reference_image"))
             with gr.Column():
                 use_result = gr.Button("Use the selected result", elem_id=elem("use_result"))
                 result_index = gr.Number(value=0, visible=False)
                 preset_box = gr.Dropdown(
-                    label="Application", choices=list(PRESET_LABELS), value=base.title,
+                    label="Application", choices=list(PRESET_LABELS), value=values["preset"],
                     elem_id=elem("preset"), info=HINTS["preset"],
                 )
                 use_init_image = gr.Checkbox(
-                    label="Use the init image as reference", value=False, visible=is_img2img,
+                    label="Use the init image as reference", value=values["use_init_image"], visible=is_img2img,
                     elem_id=elem("use_init_image"),
                 )
                 apply_to_hires = gr.Checkbox(
-                    label="Apply to the hires pass", value=False, visible=not is_img2img,
+                    label="Apply to the hires pass", value=values["apply_to_hires"], visible=not is_img2img,
                     elem_id=elem("apply_to_hires"),
                 )
-        t_align = gr.Slider(0, 1000, value=p.t_align, step=1, label="t_align (attention switch)",
+        t_align = gr.Slider(0, 1000, value=values["t_align"], step=1, label="t_align (attention switch)",
                             info=HINTS["t_align"], elem_id=elem("t_align"))
-        t_early = gr.Slider(0, 1000, value=p.t_early, step=1, label="t_early (normalization until)",
+        t_early = gr.Slider(0, 1000, value=values["t_early"], step=1, label="t_early (normalization until)",
                             info=HINTS["t_early"], elem_id=elem("t_early"))
-        early_plain = gr.Slider(0, 1000, value=p.early_plain, step=1, label="Early plain steps above",
+        early_plain = gr.Slider(0, 1000, value=values["early_plain"], step=1, label="Early plain steps above",
                                 info=HINTS["early_plain"], elem_id=elem("early_plain"))
         reference_prompt = gr.Radio(
-            list(REFERENCE_PROMPT_LABELS), value=label_of(REFERENCE_PROMPT_LABELS, p.reference_prompt),
+            list(REFERENCE_PROMPT_LABELS), value=values["reference_prompt"],
             label="Reference prompt", info=HINTS["reference_prompt"], elem_id=elem("reference_prompt"),
         )
-        custom_prompt = gr.Textbox(label="Custom reference prompt", lines=1, info=HINTS["custom_prompt"],
+        custom_prompt = gr.Textbox(label="Custom reference prompt", value=values["custom_prompt"], lines=1,
+                                   info=HINTS["custom_prompt"],
                                    elem_id=elem("custom_prompt"))
         init_latent = gr.Radio(
-            list(INIT_LATENT_LABELS), value=label_of(INIT_LATENT_LABELS, p.init_latent),
+            list(INIT_LATENT_LABELS), value=values["init_latent"],
             label="Initial latent", info=HINTS["init_latent"], elem_id=elem("init_latent"),
         )
         with gr.Accordion("Advanced", open=False):
             switch_rule = gr.Radio(
-                list(SWITCH_RULE_LABELS), value=label_of(SWITCH_RULE_LABELS, SwitchRule.OFFICIAL),
+                list(SWITCH_RULE_LABELS), value=values["switch_rule"],
                 label="Attention switch rule", info=HINTS["switch_rule"], elem_id=elem("switch_rule"),
             )
-            adain = gr.Checkbox(label="Step-wise normalization (AdaIN)", value=True, elem_id=elem("adain"))
+            adain = gr.Checkbox(label="Step-wise normalization (AdaIN)", value=values["adain"], elem_id=elem("adain"))
             show_reconstruction = gr.Checkbox(
-                label="Add the inversion reconstruction to the gallery", value=False,
+                label="Add the inversion reconstruction to the gallery", value=values["show_reconstruction"],
                 elem_id=elem("show_reconstruction"),
             )
     preset_box.change(

@@ -142,6 +142,49 @@ class FakeLatentDiffusion(torch.nn.Module):
         yield None
 
 
+class DiagonalGaussianRegularizer(torch.nn.Module):
+    """sgm's ``DiagonalGaussianRegularizer`` (``sgm/modules/autoencoding/regularizers``): a posterior *sample*
+    unless ``sample`` is False, then its mode (= mean)."""
+
+    def __init__(self, sample: bool = True):
+        super().__init__()
+        self.sample = sample
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        posterior = DiagonalGaussianDistribution(z)
+        return (posterior.sample() if self.sample else posterior.mode()), {}
+
+
+class FakeSgmVAE(FakeVAE):
+    """sgm's ``AutoencodingEngine``: ``encode`` returns a plain latent tensor (its regularizer samples)."""
+
+    def __init__(self, scale_factor: float):
+        super().__init__(scale_factor)
+        self.regularization = DiagonalGaussianRegularizer()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.regularization(super().encode(x).parameters)[0]
+
+
+class FakeSgmFirstStage(FakeLatentDiffusion):
+    """The VAE side of A1111's SDXL model (sgm ``DiffusionEngine``): ``encode_first_stage`` returns the scaled
+    *sampled* latent as a plain tensor (sgm ``DiffusionEngine.encode_first_stage``), and
+    ``get_first_stage_encoding`` is the identity (A1111 ``sd_models_xl.get_first_stage_encoding``)."""
+
+    is_sd1, is_sdxl = False, True
+    scale_factor = 0.13025
+
+    def __init__(self, seed: int = 0):
+        super().__init__(seed)
+        self.first_stage_model = FakeSgmVAE(self.scale_factor)
+
+    def encode_first_stage(self, x):
+        return self.scale_factor * self.first_stage_model.encode(x)
+
+    def get_first_stage_encoding(self, x):
+        return x
+
+
 def install(seed: int = 0) -> FakeLatentDiffusion:
     """Build the fake model and make it ``shared.sd_model`` (what ``p.sd_model`` always returns)."""
     from modules import shared
