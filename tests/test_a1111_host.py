@@ -129,6 +129,9 @@ class _OtherExtension(scripts.Script):
         p.sample = wrapped
         p.other_wrapper = wrapped
 
+    def postprocess_batch(self, p, *args, **kwargs):
+        p.hooks_after_batch.append(hook_count(shared.sd_model))
+
 
 def test_p_sample_is_restored_exactly_across_batch_count(a1111):
     model, module = a1111
@@ -140,8 +143,10 @@ def test_p_sample_is_restored_exactly_across_batch_count(a1111):
                                                     height=64, seed=3, sampler_name="Euler", n_iter=2)
     p.scripts = runner
     p.script_args = runner.script_args_for([[], [enabled()]])
+    p.hooks_after_batch = []
     result = processing.process_images(p)
     assert len(result.images) == 2 and _OtherExtension.calls == 2
+    assert p.hooks_after_batch == [0, 0]  # each batch's p.sample removed its hooks
     assert len(active) == 6 and all(active)  # RIVAL ran every evaluation of both batches
     assert vars(p)["sample"] is p.other_wrapper
     assert hook_count(model) == 0
