@@ -82,7 +82,7 @@ def img2img(module, rival, mask=None, **settings):
         prompt="a cat", negative_prompt="", steps=6, width=64, height=64, seed=3,
         sampler_name=settings.pop("sampler_name", "Euler"),
         cfg_scale=5, init_images=[image], denoising_strength=settings.pop("denoising_strength", 0.75),
-        mask=mask, inpaint_full_res=False, inpainting_fill=1, **settings,
+        mask=mask, inpaint_full_res=settings.pop("inpaint_full_res", False), inpainting_fill=1, **settings,
     )
     torch.manual_seed(0)  # A1111 encodes the init image with a posterior sample from the global RNG
     if rival is not None:

@@ -259,6 +259,20 @@ def test_inpainting_keeps_the_unmasked_region_on_the_inpainted_images_chain(a111
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize(("full_res", "chains"), [(False, 1), (True, 2)])
+def test_inpainting_with_the_init_image_as_reference_inverts_once_on_the_whole_picture(a1111, full_res, chains):
+    """"Only masked" (the API's default) inpaints A1111's crop: its own chain, the reference fills the crop's size."""
+    model, module = a1111
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (8, 8, 40, 24))
+    _, result = img2img(module, {"enabled": True, "use_init_image": True, "preset": "inpainting"}, mask=mask,
+                        inpaint_full_res=full_res)
+    assert len(result.images) == 1 and "RIVAL: inpainting" in result.info
+    assert ("Inpaint area: Only masked" in result.info) == full_res
+    assert len(CHAINS._items) == chains
+    assert hook_count(model) == 0
+
+
 def test_lowvram_precision_fallback_is_noted(a1111):
     _, module = a1111
     shared.cmd_opts.medvram = True

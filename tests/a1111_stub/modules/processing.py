@@ -2,8 +2,8 @@
 script callbacks, sampler creation, noise, conditioning, decoding and error/interrupt behaviour.
 
 Left out: styles, face restoration, saving, grids, colour correction, overlays, refiner, token merging,
-hires with a non-latent upscaler, inpaint "only masked" and "fill", and mask blur (the latent mask is
-rounded, so blur hardly changes it).
+hires with a non-latent upscaler, inpaint "fill", pasting an "Only masked" result back, and mask blur (the
+latent mask is rounded, so blur hardly changes it).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from modules import (
     extra_networks,
     images,
     infotext_utils,
+    masking,
     prompt_parser,
     rng,
     scripts,
@@ -541,11 +542,12 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
     mask_blur_y: int = 4
     mask_round: bool = True
     inpainting_fill: int = 0
-    inpaint_full_res: bool = True
+    inpaint_full_res: bool = True  # the API's default is "Only masked" too
     inpaint_full_res_padding: int = 0
     inpainting_mask_invert: int = 0
     initial_noise_multiplier: float = None
     latent_mask: Image.Image = None
+    paste_to: tuple = None
 
     image_mask: Any = field(default=None, init=False)
     nmask: torch.Tensor = field(default=None, init=False)
@@ -568,26 +570,41 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
 
         image_mask = self.image_mask
+        crop_region = None
         if image_mask is not None:
             image_mask = create_binary_mask(image_mask, round=self.mask_round)
             if self.inpainting_mask_invert:
                 image_mask = ImageOps.invert(image_mask)
                 self.extra_generation_params["Mask mode"] = "Inpaint not masked"
-            if self.inpaint_full_res:
-                raise NotImplementedError("stub: inpaint 'Only masked' (set inpaint_full_res=False)")
             if self.inpainting_fill == 0:
                 raise NotImplementedError("stub: masked content 'fill' (use inpainting_fill 1, 2 or 3)")
-            image_mask = images.resize_image(self.resize_mode, image_mask, self.width, self.height)
-            np_mask = np.clip(np.array(image_mask).astype(np.float32) * 2, 0, 255).astype(np.uint8)
-            self.mask_for_overlay = Image.fromarray(np_mask)
+            if self.inpaint_full_res:  # "Only masked": the mask's box, grown to the generation's aspect ratio
+                self.mask_for_overlay = image_mask
+                crop_region = masking.get_crop_region_v2(image_mask, self.inpaint_full_res_padding)
+                if crop_region:
+                    crop_region = masking.expand_crop_region(crop_region, self.width, self.height,
+                                                             image_mask.width, image_mask.height)
+                    x1, y1, x2, y2 = crop_region
+                    image_mask = images.resize_image(2, image_mask.crop(crop_region), self.width, self.height)
+                    self.paste_to = (x1, y1, x2 - x1, y2 - y1)
+                    self.extra_generation_params["Inpaint area"] = "Only masked"
+                else:  # a blank mask: plain img2img
+                    image_mask = self.mask_for_overlay = None
+                    self.inpaint_full_res = False
+            else:
+                image_mask = images.resize_image(self.resize_mode, image_mask, self.width, self.height)
+                np_mask = np.clip(np.array(image_mask).astype(np.float32) * 2, 0, 255).astype(np.uint8)
+                self.mask_for_overlay = Image.fromarray(np_mask)
             self.overlay_images = []
         latent_mask = self.latent_mask if self.latent_mask is not None else image_mask
 
         imgs = []
         for img in self.init_images:
             image = images.flatten(img, opts.img2img_background_color)
-            if self.resize_mode != 3:
+            if crop_region is None and self.resize_mode != 3:
                 image = images.resize_image(self.resize_mode, image, self.width, self.height)
+            if crop_region is not None:
+                image = images.resize_image(2, image.crop(crop_region), self.width, self.height)
             imgs.append(np.moveaxis(np.array(image).astype(np.float32) / 255.0, 2, 0))
         if len(imgs) == 1:
             batch_images = np.expand_dims(imgs[0], axis=0).repeat(self.batch_size, axis=0)
