@@ -26,10 +26,10 @@ def reference_image() -> Image.Image:
     return Image.fromarray(skimage.data.chelsea())
 
 
-def a1111_environment():
-    """Fresh A1111 state, the fake model loaded, and the extension's script module imported."""
+def a1111_environment(dtype: torch.dtype = torch.float32):
+    """Fresh A1111 state, the fake model loaded (in ``dtype``), and the extension's script module imported."""
     fake_model.reset_a1111_state()
-    model = fake_model.install()
+    model = fake_model.install(dtype=dtype)
     CHAINS.clear()
     spec = importlib.util.spec_from_file_location("rival_script", ROOT / "scripts" / "rival.py")
     module = importlib.util.module_from_spec(spec)

@@ -197,11 +197,15 @@ def official_rival(
     config: OfficialConfig,
     generated_init: Tensor | None = None,
     chain: list[Tensor] | None = None,
+    calls: int | None = None,
+    trace: list[Tensor] | None = None,
 ) -> OfficialRun:
     """Invert z0, then run the two-branch DDIM loop with CFG, AdaIN and the chain overwrite.
 
     ``generated_init`` defaults to x_T (the editing mode: nothing random); a precomputed
-    ``chain`` (from :func:`ddim_inversion` with the same text) saves the inversion.
+    ``chain`` (from :func:`ddim_inversion` with the same text) saves the inversion. ``calls``
+    stops the loop after that many model calls (A1111's DDIM makes ``steps - 1`` and ends at
+    level t = 1); ``trace`` receives the generated latent entering each call, then the final one.
     """
     if chain is None:
         chain = ddim_inversion(unet, abar, z0, steps, texts.inversion)
@@ -211,7 +215,9 @@ def official_rival(
     generated = chain[steps] if generated_init is None else generated_init
     adain_steps = []
     with official_attention(unet, steps, config.t_align, config.editing_early_steps) as counters:
-        for i, t in enumerate(ddim_timesteps(steps)):
+        for i, t in enumerate(ddim_timesteps(steps)[:calls]):
+            if trace is not None:
+                trace.append(generated)
             latents = torch.cat([reference, generated, reference, generated])
             eps = _eps(unet, latents, t, context)
             uncond, cond = eps.chunk(2)
@@ -225,4 +231,6 @@ def official_rival(
             x0 = (both - (1 - a) ** 0.5 * noise) / a**0.5
             stepped = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * noise
             reference, generated = chain[steps - 1 - i], stepped[1:2]  # post-2023-12-06 chain index
+    if trace is not None:
+        trace.append(generated)
     return OfficialRun(chain, reference, generated, counters, adain_steps)

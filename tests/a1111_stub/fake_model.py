@@ -2,7 +2,9 @@
 
 The UNet is a real ``ldm`` UNetModel (SpatialTransformer blocks, attn1/attn2) with every parameter
 re-randomised (ldm zero-inits its output layers, which would hide any attention change). The text
-encoder and VAE are deterministic stand-ins. Float32 on the CPU.
+encoder and VAE are deterministic stand-ins. Float32 on the CPU by default; ``install(dtype=torch.float64)``
+builds the same weights in float64 (UNet, VAE and text rows; the text rows and ``alphas_cumprod`` keep their
+float32 values, as A1111's are float32) for parity tests at round-off level.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ CONTEXT_DIM = 32
 TOKENS = 77
 
 
-def make_unet(seed: int = 0, std: float = 0.05) -> UNetModel:
+def make_unet(seed: int = 0, std: float = 0.05, dtype: torch.dtype = torch.float32) -> UNetModel:
     unet = UNetModel(image_size=16, in_channels=4, out_channels=4, model_channels=32, num_res_blocks=1,
                      attention_resolutions=[1, 2], channel_mult=[1, 2], num_heads=2,
                      use_spatial_transformer=True, transformer_depth=1, context_dim=CONTEXT_DIM, legacy=False)
@@ -27,7 +29,24 @@ def make_unet(seed: int = 0, std: float = 0.05) -> UNetModel:
     with torch.no_grad():
         for p in unet.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
-    return unet.eval()
+    unet = unet.eval()
+    if dtype != torch.float32:
+        to_dtype(unet, dtype)
+    return unet
+
+
+def to_dtype(unet: UNetModel, dtype: torch.dtype) -> None:
+    """The UNet computing in ``dtype`` throughout: ldm hard-codes float32 in a few places (the sinusoidal time
+    embedding, GroupNorm32, attention scores under ``_ATTN_PRECISION = "fp32"``); those are turned to ``dtype``."""
+    import ldm.modules.attention
+
+    ldm.modules.attention._ATTN_PRECISION = "model"
+    unet.to(dtype)
+    unet.dtype = dtype  # ldm casts the UNet's input to this attribute
+    unet.time_embed.register_forward_pre_hook(lambda m, args: (args[0].to(m[0].weight.dtype),))
+    for module in unet.modules():
+        if type(module).__name__ == "GroupNorm32":
+            module.forward = torch.nn.GroupNorm.forward.__get__(module)
 
 
 class DiffusionWrapper(torch.nn.Module):
@@ -40,7 +59,10 @@ class DiffusionWrapper(torch.nn.Module):
         self.diffusion_model = diffusion_model
 
     def forward(self, x, t, c_concat: list | None = None, c_crossattn: list | None = None, c_adm=None):
-        return self.diffusion_model(x, t, context=torch.cat(c_crossattn, 1))
+        # inputs in the UNet's dtype (A1111's autocast does this for fp16 UNets; ldm casts its output back to
+        # the dtype of x, so a float64 UNet fed float32 latents would fail in its output layer)
+        dtype = self.diffusion_model.dtype
+        return self.diffusion_model(x.to(dtype), t, context=torch.cat(c_crossattn, 1).to(dtype))
 
 
 class FakeVAE(torch.nn.Module):
@@ -88,23 +110,26 @@ class FakeLatentDiffusion(torch.nn.Module):
     latent_channels = 4
     scale_factor = 0.18215
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.model = DiffusionWrapper(make_unet(seed))
-        self.first_stage_model = FakeVAE(self.scale_factor)
+        self._dtype = dtype
+        self.model = DiffusionWrapper(make_unet(seed, dtype=dtype))
+        self.first_stage_model = FakeVAE(self.scale_factor).to(dtype)
         betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-        self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, 0).float())
+        # float32 values as in A1111; held in float64 by a float64 model, so that k-diffusion's sigma table and
+        # sigma -> t map are exact there too
+        self.register_buffer("alphas_cumprod", torch.cumprod(1.0 - betas, 0).float().to(dtype))
         self.alphas_cumprod_original = self.alphas_cumprod
         self.sd_model_hash = f"{seed:010d}"
         self.sd_checkpoint_info = SimpleNamespace(
             name=f"fake-sd1-{seed}.safetensors", name_for_extra=f"fake-sd1-{seed}", model_name=f"fake-sd1-{seed}",
             filename=f"/models/fake-sd1-{seed}.safetensors", shorthash=self.sd_model_hash, sha256=None,
             title=f"fake-sd1-{seed}.safetensors [{self.sd_model_hash}]", short_title=f"fake-sd1-{seed}")
-        self.cond_stage_model_empty_prompt = encode_text("")[None]
+        self.cond_stage_model_empty_prompt = encode_text("")[None].to(dtype)
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.float32
+        return self._dtype
 
     @property
     def device(self) -> torch.device:
@@ -120,7 +145,7 @@ class FakeLatentDiffusion(torch.nn.Module):
         conds = [encode_text(text) for text in c]
         n = max(x.shape[0] for x in conds)
         empty = self.cond_stage_model_empty_prompt[0]
-        return torch.stack([torch.cat([x, *[empty] * ((n - x.shape[0]) // TOKENS)]) for x in conds])
+        return torch.stack([torch.cat([x.to(self.dtype), *[empty] * ((n - x.shape[0]) // TOKENS)]) for x in conds])
 
     def encode_first_stage(self, x):
         return self.first_stage_model.encode(x)
@@ -185,11 +210,11 @@ class FakeSgmFirstStage(FakeLatentDiffusion):
         return x
 
 
-def install(seed: int = 0) -> FakeLatentDiffusion:
+def install(seed: int = 0, dtype: torch.dtype = torch.float32) -> FakeLatentDiffusion:
     """Build the fake model and make it ``shared.sd_model`` (what ``p.sd_model`` always returns)."""
     from modules import shared
 
-    shared.sd_model = FakeLatentDiffusion(seed)
+    shared.sd_model = FakeLatentDiffusion(seed, dtype)
     return shared.sd_model
 
 
