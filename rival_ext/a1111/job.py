@@ -412,7 +412,7 @@ class RivalJob:
             params.x = adain(params.x, evaluation.eps_ref)
             return
         x = self._uncond_x
-        sigma = torch.full((x.shape[0],), evaluation.sigma, device=x.device)
+        sigma = torch.full((x.shape[0],), evaluation.sigma, device=x.device, dtype=x.dtype)
         params.x = adain_denoised(params.x, x, sigma, evaluation.eps_ref)
 
     def post_sample(self, samples: Tensor) -> None:
