@@ -1,9 +1,88 @@
 #!/usr/bin/env bash
-# The one test command: installs what the tests need from PyPI, then lints and runs the suite.
+# The one test command. It never installs into the Python that calls it (run it from inside A1111's venv
+# and that venv is left as it was): each leg has a virtual environment of its own, outside the checkout,
+# created on first use and reused while its requirements file and Python stay the same.
+#
+#   bash tests/run_tests.sh [--leg current|users] [pytest args...]
+#
+#   --leg current  (default) Python 3.11, torch 2.13.0 CPU and today's packages (requirements-test.txt);
+#                  also lints with ruff
+#   --leg users    the runtime of A1111 v1.10.x users: Python 3.10, torch 2.1.2, numpy 1.26, Pillow 9.5
+#                  (requirements-test-users.txt)
+#
+# Environment: RIVAL_TEST_VENV_DIR (default ~/.cache/sd-webui-rival) holds the venvs;
+# RIVAL_PY311 / RIVAL_PY310 name the interpreter of a leg when it is not on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q -r requirements-test.txt
-# ldm (the UNet code A1111 uses for SD1/SD2) ships in this package; its own pins are not needed.
-python -m pip install -q --no-deps stable-diffusion-sdkit==2.1.5
-python -m ruff check .
-python -m pytest -q "$@"
+
+leg=current
+if [[ "${1:-}" == "--leg" ]]; then
+    leg="${2:?--leg needs a value: current or users}"
+    shift 2
+elif [[ "${1:-}" == --leg=* ]]; then
+    leg="${1#--leg=}"
+    shift
+fi
+
+case "$leg" in
+    current)
+        want=3.11
+        req=requirements-test.txt
+        candidates=("${RIVAL_PY311:-}" python3.11 python3 /root/.pyenv/versions/3.11.7/bin/python)
+        ;;
+    users)
+        want=3.10
+        req=requirements-test-users.txt
+        candidates=("${RIVAL_PY310:-}" python3.10 /root/.pyenv/versions/3.10.13/bin/python)
+        ;;
+    *)
+        echo "run_tests.sh: unknown leg '$leg' (use --leg current or --leg users)" >&2
+        exit 2
+        ;;
+esac
+
+# The first candidate that runs and is the leg's Python version (a pyenv shim may exist and still fail).
+py=""
+for c in "${candidates[@]}"; do
+    [[ -n "$c" ]] || continue
+    if v=$("$c" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) && [[ "$v" == "$want" ]]; then
+        py=$(command -v "$c")
+        break
+    fi
+done
+if [[ -z "$py" ]]; then
+    echo "run_tests.sh: leg '$leg' needs Python $want; none found (tried: ${candidates[*]})." >&2
+    echo "Install it, or point RIVAL_PY${want/./} at its interpreter." >&2
+    exit 2
+fi
+
+# Nothing from the caller's Python may leak into the venv's.
+unset PYTHONPATH PYTHONHOME PYTHONSTARTUP VIRTUAL_ENV PIP_TARGET PIP_PREFIX PIP_USER
+
+# The venv's name hashes the leg's requirements (with the files they include and their -c locks) and the exact
+# Python version: a changed requirements file or interpreter gets a new venv.
+pyver=$("$py" -c 'import sys; print(sys.version)')
+reqs=("$req")
+while read -r inc; do reqs+=("$inc"); done < <(sed -n 's/^-[rc][[:space:]]*//p' "$req")
+hash=$( { echo "$pyver"; cat "${reqs[@]}"; echo "stable-diffusion-sdkit==2.1.5 --no-deps"; } | sha256sum | cut -c1-12)
+venv_root="${RIVAL_TEST_VENV_DIR:-$HOME/.cache/sd-webui-rival}"
+venv="$venv_root/venv-$leg-$hash"
+vpy="$venv/bin/python"
+
+if [[ ! -f "$venv/.complete" ]]; then
+    echo "run_tests.sh: creating $venv (Python $want, $req); later runs reuse it"
+    rm -rf "$venv"  # an unfinished earlier attempt
+    mkdir -p "$venv_root"
+    "$py" -m venv "$venv"
+    # (the grep drops pip's notes about this machine's local package folders that lack a package)
+    "$vpy" -m pip install -q -r "$req" 2>&1 | { grep -v "is neither a file nor a directory" || true; }
+    # ldm (the UNet code A1111 uses for SD1/SD2) ships in this package; its own pins are not needed.
+    "$vpy" -m pip install -q --no-deps stable-diffusion-sdkit==2.1.5 2>&1 | { grep -v "is neither a file nor a directory" || true; }
+    touch "$venv/.complete"
+fi
+echo "run_tests.sh: leg $leg, $("$vpy" -c 'import sys, torch, numpy; print("Python %s, torch %s, numpy %s" % (sys.version.split()[0], torch.__version__, numpy.__version__))'), venv $venv"
+
+if [[ "$leg" == current ]]; then
+    "$vpy" -m ruff check .
+fi
+exec "$vpy" -m pytest -q "$@"
