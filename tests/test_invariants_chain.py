@@ -131,20 +131,24 @@ def test_1_sigma_t_maps_are_inverse(schedule: DiscreteSchedule) -> None:
     assert float(schedule.sigma_to_t(100.0)) == 999.0
 
 
-def test_1_maps_and_denoiser_accept_sigmas_on_another_device(schedule: DiscreteSchedule) -> None:
+def test_1_maps_and_denoiser_accept_sigmas_on_another_device(schedule: DiscreteSchedule, monkeypatch) -> None:
     """The tables live on the CPU; A1111's sigmas (and ``invert``'s) live on the GPU.
 
-    FakeTensorMode gives CPU-only machines a "cuda" device with torch's real device checks.
+    FakeTensorMode gives CPU-only machines a "cuda" device with torch's real device checks. A CUDA
+    build of torch (2.1.2 from PyPI, the users' runtime) initialises CUDA for it, which fails without
+    a driver: that initialisation is stubbed, and an explicit index avoids asking for the device.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    monkeypatch.setattr(torch.cuda, "_lazy_init", lambda: None)
+    prompt = text(1)  # a real CPU tensor (torch 2.1's fake mode cannot draw with a generator)
     with FakeTensorMode(allow_non_fake_inputs=True):
-        sigma = torch.full((2,), 3.0, dtype=torch.float64, device="cuda")
+        sigma = torch.full((2,), 3.0, dtype=torch.float64, device="cuda:0")
         t = schedule.sigma_to_t(sigma)
         assert t.device == sigma.device and t.shape == (2,)
         assert schedule.t_to_sigma(t).device == sigma.device
-        x = torch.zeros(2, 4, 8, 8, dtype=torch.float32, device="cuda")
-        den = KDenoiser(lambda z, tt, _c: z * 0.5 + tt.reshape(-1, 1, 1, 1).to(z.dtype), schedule, text(1))
+        x = torch.zeros(2, 4, 8, 8, dtype=torch.float32, device="cuda:0")
+        den = KDenoiser(lambda z, tt, _c: z * 0.5 + tt.reshape(-1, 1, 1, 1).to(z.dtype), schedule, prompt)
         assert den(x, sigma.float()).device == x.device
 
 
