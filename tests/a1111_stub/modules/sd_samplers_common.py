@@ -132,9 +132,10 @@ class Sampler:
     # A1111: the tail of KDiffusionSampler/CompVisSampler.sample(_img2img): sampler_extra_args, launch_sampling
     # with callback_state, add_infotext
     def run_sampling(self, p, x, conditioning, unconditional_conditioning, image_conditioning, steps, schedule,
-                     extra: dict):
-        """``func(model_wrap_cfg, x, sigmas | timesteps, extra_args=..., callback=callback_state, ...)``."""
-        self.last_latent = x
+                     extra: dict, last_latent=None):
+        """``func(model_wrap_cfg, x, sigmas | timesteps, extra_args=..., callback=callback_state, ...)``; what an
+        interrupt before the first step returns is ``last_latent`` (img2img: the clean init latent), else ``x``."""
+        self.last_latent = x if last_latent is None else last_latent
         self.sampler_extra_args = {'cond': conditioning, 'image_cond': image_conditioning,
                                    'uncond': unconditional_conditioning, 'cond_scale': p.cfg_scale,
                                    's_min_uncond': self.s_min_uncond}

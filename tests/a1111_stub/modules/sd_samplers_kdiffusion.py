@@ -270,7 +270,7 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         extra = self.initialize(p)
         self.model_wrap_cfg.init_latent = x
         return self.run_sampling(p, xi, conditioning, unconditional_conditioning, image_conditioning, t_enc + 1,
-                                 sigma_sched, extra)
+                                 sigma_sched, extra, last_latent=x)
 
     # A1111: KDiffusionSampler.sample: x * sigmas[0], or x * sqrt(1 + sigmas[0]^2) with opts.sgm_noise_multiplier
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):

@@ -112,7 +112,7 @@ class CompVisSampler(sd_samplers_common.Sampler):
         extra = self.initialize(p)
         self.model_wrap_cfg.init_latent = x
         return self.run_sampling(p, xi, conditioning, unconditional_conditioning, image_conditioning, t_enc + 1,
-                                 timesteps[:t_enc], extra)
+                                 timesteps[:t_enc], extra, last_latent=x)
 
     # A1111: CompVisSampler.sample: x unscaled (unit noise), all timesteps: steps - 1 model calls
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
