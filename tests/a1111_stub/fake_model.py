@@ -82,6 +82,8 @@ class FakeVAE(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return self.enc.weight.dtype
 
+    # ldm/models/autoencoder.py AutoencoderKL.encode returns a DiagonalGaussianDistribution; ldm's
+    # LatentDiffusion.encode_first_stage passes it on and get_first_stage_encoding samples it (x scale_factor)
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
         mean = self.enc(torch.nn.functional.avg_pool2d(x.to(self.dtype), 8))
         return DiagonalGaussianDistribution(torch.cat([mean, torch.full_like(mean, self.logvar)], 1))
@@ -140,6 +142,8 @@ class FakeLatentDiffusion(torch.nn.Module):
             cond = {"c_crossattn": cond if isinstance(cond, list) else [cond]}
         return self.model(x_noisy, t, **cond)
 
+    # A1111 SD1/SD2: ldm LatentDiffusion.get_learned_conditioning -> a (B, 77*chunks, C) tensor (no SDXL dict here;
+    # A1111's sd_models_xl.get_learned_conditioning returns {'crossattn', 'vector'} and zeroes an all-empty negative)
     def get_learned_conditioning(self, c) -> torch.Tensor:
         """(len(c), 77 * chunks, 32); shorter prompts in one call are padded with empty-prompt chunks."""
         conds = [encode_text(text) for text in c]
@@ -147,6 +151,7 @@ class FakeLatentDiffusion(torch.nn.Module):
         empty = self.cond_stage_model_empty_prompt[0]
         return torch.stack([torch.cat([x.to(self.dtype), *[empty] * ((n - x.shape[0]) // TOKENS)]) for x in conds])
 
+    # ldm/models/diffusion/ddpm.py LatentDiffusion.encode_first_stage / get_first_stage_encoding
     def encode_first_stage(self, x):
         return self.first_stage_model.encode(x)
 
@@ -203,6 +208,8 @@ class FakeSgmFirstStage(FakeLatentDiffusion):
         super().__init__(seed)
         self.first_stage_model = FakeSgmVAE(self.scale_factor)
 
+    # sgm/models/diffusion.py DiffusionEngine.encode_first_stage: scale_factor * first_stage_model.encode(x), a
+    # sampled tensor; A1111 modules/sd_models_xl.py get_first_stage_encoding is the identity
     def encode_first_stage(self, x):
         return self.scale_factor * self.first_stage_model.encode(x)
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 
+# A1111: modules/masking.py get_crop_region_v2
 def get_crop_region_v2(mask, pad=0):
     """The bounding box (x1, y1, x2, y2) of the mask's non-zero pixels grown by ``pad`` inside the image;
     None for an all-black mask."""
@@ -25,6 +26,7 @@ def _grow(lo: int, hi: int, size: int, wanted: float) -> tuple[int, int]:
     return lo, min(hi, size)
 
 
+# A1111: modules/masking.py expand_crop_region
 def expand_crop_region(crop_region, processing_width, processing_height, image_width, image_height):
     """Grow the crop to the aspect ratio of the generation size (a 128x32 mask box at 512x512 becomes 128x128)."""
     x1, y1, x2, y2 = crop_region

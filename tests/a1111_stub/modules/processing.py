@@ -36,6 +36,7 @@ opt_C = 4
 opt_f = 8
 
 
+# A1111: modules/processing.py get_fixed_seed
 def get_fixed_seed(seed) -> int:
     if seed == '' or seed is None:
         seed = -1
@@ -47,6 +48,7 @@ def get_fixed_seed(seed) -> int:
     return int(random.randrange(4294967294)) if seed == -1 else seed
 
 
+# A1111: modules/processing.py create_binary_mask
 def create_binary_mask(image, round=True):
     """An RGBA mask uses its alpha channel (thresholded at 128 when rounding); anything else becomes L."""
     if image.mode == 'RGBA' and image.getextrema()[-1] != (255, 255):
@@ -55,11 +57,13 @@ def create_binary_mask(image, round=True):
     return image.convert('L')
 
 
+# A1111: modules/processing.py txt2img_image_conditioning (the non-inpainting branch: zeros (B, 5, 1, 1))
 def txt2img_image_conditioning(sd_model, x, width, height):
     """Plain (non-inpainting) models get a dummy zero (B, 5, 1, 1) image conditioning."""
     return x.new_zeros(x.shape[0], 5, 1, 1, dtype=x.dtype, device=x.device)
 
 
+# A1111: modules/processing.py create_random_tensors (a one-shot rng.ImageRNG; seed resize left out)
 def create_random_tensors(shape, seeds, subseeds=None, subseed_strength=0.0, seed_resize_from_h=0,
                           seed_resize_from_w=0, p=None):
     return rng.ImageRNG(shape, seeds, subseeds=subseeds, subseed_strength=subseed_strength).next()
@@ -69,6 +73,7 @@ class DecodedSamples(list):
     already_decoded = True
 
 
+# A1111: modules/processing.py decode_latent_batch: one image at a time, returned as a DecodedSamples list
 def decode_latent_batch(model, batch, target_device=None, check_for_nans=False) -> DecodedSamples:
     samples = DecodedSamples()
     for i in range(batch.shape[0]):
@@ -146,6 +151,7 @@ class StableDiffusionProcessing:
         self.script_args = self.script_args or {}
         self.refiner_checkpoint_info = None
 
+    # A1111: modules/processing.py StableDiffusionProcessing.sd_model (property: shared.sd_model; setter ignored)
     @property
     def sd_model(self):  # noqa: F811 (A1111 also shadows the field with this property)
         """Always ``shared.sd_model``; assigning is ignored (as in A1111)."""
@@ -175,6 +181,8 @@ class StableDiffusionProcessing:
         if self.scripts_value and self.script_args_value and not self.scripts_setup_complete:
             self.setup_scripts()
 
+    # A1111: modules/processing.py StableDiffusionProcessing.scripts / script_args setters -> setup_scripts:
+    # scripts.setup_scrips(p, is_ui=not p.is_api) once both are set
     def setup_scripts(self):
         """Runs the scripts' ``setup()`` once both ``scripts`` and ``script_args`` are set."""
         self.scripts_setup_complete = True
@@ -200,6 +208,7 @@ class StableDiffusionProcessing:
         self.c = None
         self.uc = None
 
+    # A1111: modules/processing.py StableDiffusionProcessing.fill_fields_from_opts
     def fill_fields_from_opts(self):
         self.s_min_uncond = self.s_min_uncond if self.s_min_uncond is not None else opts.s_min_uncond
         self.s_churn = self.s_churn if self.s_churn is not None else opts.s_churn
@@ -207,6 +216,7 @@ class StableDiffusionProcessing:
         self.s_tmax = (self.s_tmax if self.s_tmax is not None else opts.s_tmax) or float('inf')
         self.s_noise = self.s_noise if self.s_noise is not None else opts.s_noise
 
+    # A1111: modules/processing.py StableDiffusionProcessing.setup_prompts
     def setup_prompts(self):
         if isinstance(self.prompt, list):
             self.all_prompts = self.prompt
@@ -232,6 +242,8 @@ class StableDiffusionProcessing:
             return (prompt_parser.get_multicond_learned_conditioning(shared.sd_model, c, steps),
                     prompt_parser.get_learned_conditioning(shared.sd_model, uc, steps))
 
+    # A1111: modules/processing.py StableDiffusionProcessing.setup_conds: total steps from the sampler config
+    # (second-order samplers x2), step_multiplier, firstpass_steps; c multicond, uc plain (get_conds_with_caching)
     def setup_conds(self):
         config = sd_samplers.find_sampler_config(self.sampler_name)
         total_steps = config.total_steps(self.steps) if config else self.steps
@@ -268,6 +280,7 @@ class Processed:
                                position_in_batch=index % self.batch_size, iteration=index // self.batch_size)
 
 
+# A1111: modules/processing.py create_infotext
 def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iteration=0, position_in_batch=0,
                     use_main_prompt=False, index=None, all_negative_prompts=None):
     """A1111's infotext with a reduced set of base keys; extra_generation_params values may be str, per-image
@@ -309,6 +322,8 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
     return f"{prompt_text}{negative_text}\n{text}".strip()
 
 
+# A1111: modules/processing.py process_images: scripts.before_process, override_settings set, process_images_inner,
+# opts restored in finally
 def process_images(p: StableDiffusionProcessing) -> Processed:
     """before_process, then ``override_settings`` applied for the job and restored in ``finally``."""
     if p.scripts is not None:
@@ -325,6 +340,10 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     return res
 
 
+# A1111: modules/processing.py process_images_inner. Order relied on: scripts.process -> p.init -> per batch
+# (n_iter): p.rng = ImageRNG(p.seeds) -> before_process_batch -> extra networks -> process_batch -> setup_conds ->
+# p.sample (ONCE per batch; an exception propagates: no postprocess) -> post_sample -> decode -> state.nextjob ->
+# postprocess_batch(_list) -> postprocess_image; after the loop, scripts.postprocess(p, res)
 def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     """An exception from p.init / p.sample propagates (``postprocess`` is then never called); an interrupt
     ends sampling early (the sampler returns its last latent) and ``postprocess`` still runs."""
@@ -340,6 +359,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.all_subseeds = subseed if isinstance(subseed, list) else [int(subseed) + x for x in range(n_all)]
 
     if p.scripts is not None:
+        # A1111: process_images_inner calls scripts.process after setup_prompts and all_seeds (seed + i per image)
         p.scripts.process(p)
 
     infotexts, output_images = [], []
@@ -349,6 +369,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         if state.job_count == -1:
             state.job_count = p.n_iter
 
+        # A1111: process_images_inner 'for n in range(p.n_iter)': a skip is reset, an interrupt ends the loop
         for n in range(p.n_iter):
             p.iteration = n
             if state.skipped:
@@ -360,6 +381,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             p.prompts, p.negative_prompts = p.all_prompts[sl], p.all_negative_prompts[sl]
             p.seeds, p.subseeds = p.all_seeds[sl], p.all_subseeds[sl]
             latent_channels = getattr(shared.sd_model, 'latent_channels', opt_C)
+            # A1111: process_images_inner: a fresh rng.ImageRNG per batch from this batch's seeds (p.seeds)
             p.rng = rng.ImageRNG((latent_channels, p.height // opt_f, p.width // opt_f), p.seeds,
                                  subseeds=p.subseeds, subseed_strength=p.subseed_strength)
 
@@ -379,10 +401,12 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
                 state.job = f"Batch {n + 1} out of {p.n_iter}"
 
             with devices.autocast():
+                # A1111: process_images_inner: p.sample(conditioning=p.c, unconditional_conditioning=p.uc, ...)
                 samples_ddim = p.sample(conditioning=p.c, unconditional_conditioning=p.uc, seeds=p.seeds,
                                         subseeds=p.subseeds, subseed_strength=p.subseed_strength, prompts=p.prompts)
 
             if p.scripts is not None:
+                # A1111: process_images_inner: scripts.post_sample(p, PostSampleArgs(samples)) right after p.sample
                 ps = scripts.PostSampleArgs(samples_ddim)
                 p.scripts.post_sample(p, ps)
                 samples_ddim = ps.samples
@@ -426,6 +450,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     res = Processed(p, images_list=output_images, seed=p.all_seeds[0], info=infotexts[0],
                     subseed=p.all_subseeds[0], index_of_first_image=0, infotexts=infotexts)
     if p.scripts is not None:
+        # A1111: process_images_inner ends with scripts.postprocess(p, res) (not reached when p.sample raised)
         p.scripts.postprocess(p, res)
     return res
 
@@ -451,6 +476,8 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     hr_uc: tuple | None = field(default=None, init=False)
     hr_extra_network_data: list = field(default=None, init=False)
 
+    # A1111: modules/processing.py StableDiffusionProcessingTxt2Img.init (hires bookkeeping) and
+    # calculate_target_resolution (hr_upscale_to_x/y); only latent upscalers here
     def init(self, all_prompts, all_seeds, all_subseeds):
         """Hires bookkeeping only (the first-pass sampler is created in ``sample``)."""
         if not self.enable_hr:
@@ -477,6 +504,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         super().setup_conds()
         self.hr_c = self.hr_uc = None
 
+    # A1111: modules/processing.py StableDiffusionProcessingTxt2Img.calculate_hr_conds
     def calculate_hr_conds(self):
         if self.hr_c is not None:
             return
@@ -484,6 +512,9 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         negative_prompts = [self.hr_negative_prompt or x for x in self.negative_prompts]
         self.hr_c, self.hr_uc = self._conds(prompts, negative_prompts, self.firstpass_steps)
 
+    # A1111: modules/processing.py StableDiffusionProcessingTxt2Img.sample: create_sampler; x = rng.next();
+    # scripts.process_before_every_sampling(p=self, x=x, noise=x, c=conditioning, uc=unconditional_conditioning)
+    # (x and noise are the SAME tensor); sampler.sample(...); then sample_hr_pass when enable_hr
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
         x = self.rng.next()
@@ -498,6 +529,11 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.calculate_hr_conds()
         return self.sample_hr_pass(samples, None, seeds, subseeds, subseed_strength, prompts)
 
+    # A1111: modules/processing.py StableDiffusionProcessingTxt2Img.sample_hr_pass: returns at once when interrupted;
+    # is_hr_pass = True; create_sampler(hr_sampler_name or sampler_name); latent upscale; state.nextjob(); a new
+    # ImageRNG, noise = rng.next(); hr extra networks; calculate_hr_conds; scripts.before_hr, then
+    # process_before_every_sampling(p=self, x=samples, noise=noise, c=hr_c, uc=hr_uc);
+    # sampler.sample_img2img(..., steps=hr_second_pass_steps or steps); decode; is_hr_pass = False
     def sample_hr_pass(self, samples, decoded_samples, seeds, subseeds, subseed_strength, prompts):
         """Latent upscale, fresh noise from a new ImageRNG, before_hr, process_before_every_sampling, img2img."""
         if state.interrupted:
@@ -562,6 +598,8 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         if self.initial_noise_multiplier is None:
             self.initial_noise_multiplier = opts.initial_noise_multiplier
 
+    # A1111: modules/processing.py StableDiffusionProcessingImg2Img.init (mask blur, 'fill', overlays and colour
+    # correction left out): create_sampler here, init images -> init_latent, mask -> mask/nmask
     def init(self, all_prompts, all_seeds, all_subseeds):
         """Creates the sampler, encodes the init images to ``init_latent`` and builds ``mask``/``nmask``
         (C x h x w; ``mask`` = 1 keeps the original, ``nmask`` = 1 is regenerated)."""
@@ -578,6 +616,10 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
                 self.extra_generation_params["Mask mode"] = "Inpaint not masked"
             if self.inpainting_fill == 0:
                 raise NotImplementedError("stub: masked content 'fill' (use inpainting_fill 1, 2 or 3)")
+            # A1111: StableDiffusionProcessingImg2Img.init, inpaint_full_res branch: masking.get_crop_region_v2(mask,
+            # padding), masking.expand_crop_region to width:height, mask and images cropped and resized (resize mode 2)
+            # to width x height,
+            # paste_to = (x1, y1, w, h); a blank mask falls back to plain img2img
             if self.inpaint_full_res:  # "Only masked": the mask's box, grown to the generation's aspect ratio
                 self.mask_for_overlay = image_mask
                 crop_region = masking.get_crop_region_v2(image_mask, self.inpaint_full_res_padding)
@@ -615,12 +657,15 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
             raise RuntimeError(f"bad number of images passed: {len(imgs)}; expecting {self.batch_size} or less")
 
         image = torch.from_numpy(batch_images).to(shared.device, dtype=devices.dtype_vae)
+        # A1111: StableDiffusionProcessingImg2Img.init: init_latent = sd_samplers_common.images_tensor_to_samples(...)
         self.init_latent = images_tensor_to_samples(image, approximation_indexes.get(opts.sd_vae_encode_method),
                                                     self.sd_model)
         if self.resize_mode == 3:
             self.init_latent = torch.nn.functional.interpolate(
                 self.init_latent, size=(self.height // opt_f, self.width // opt_f), mode="bilinear")
 
+        # A1111: StableDiffusionProcessingImg2Img.init: latmask = latent_mask resized to the latent grid (rounded when
+        # mask_round), tiled over C; mask = 1 - latmask (keep), nmask = latmask (regenerate)
         if image_mask is not None:
             h, w = self.init_latent.shape[2:]
             latmask = np.array(latent_mask.convert('RGB').resize((w, h)), dtype=np.float32)[..., 0] / 255
@@ -640,6 +685,9 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
         self.image_conditioning = self.img2img_image_conditioning(image * 2 - 1, self.init_latent, image_mask,
                                                                   self.mask_round)
 
+    # A1111: modules/processing.py StableDiffusionProcessingImg2Img.sample: x = rng.next() (* initial_noise_multiplier);
+    # process_before_every_sampling(p=self, x=self.init_latent, noise=x, c=..., uc=...);
+    # sampler.sample_img2img(p, init_latent, x, ...); final blend samples*nmask + init_latent*mask via on_mask_blend
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         x = self.rng.next()
         if self.initial_noise_multiplier != 1.0:

@@ -37,6 +37,7 @@ class MulticondLearnedConditioning:
         self.batch: list[list[ComposableScheduledPromptConditioning]] = batch
 
 
+# A1111: modules/prompt_parser.py get_learned_conditioning (one call per distinct prompt)
 def get_learned_conditioning(model, prompts, steps, hires_steps=None, use_old_scheduling=False):
     """One single-entry schedule per prompt; each prompt is encoded on its own, as A1111 does."""
     cache: dict = {}
@@ -53,6 +54,7 @@ re_AND = re.compile(r"\bAND\b")
 re_weight = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
 
 
+# A1111: modules/prompt_parser.py get_multicond_prompt_list
 def get_multicond_prompt_list(prompts):
     """Split each prompt on AND into (text, weight); identical texts share one flat index."""
     flat = SdConditioning(prompts)
@@ -84,16 +86,19 @@ def _pick(schedule, current_step):
     return next((e.cond for e in schedule if current_step <= e.end_at_step), schedule[0].cond)
 
 
+# A1111: modules/prompt_parser.py reconstruct_cond_batch
 def reconstruct_cond_batch(c: list[list[ScheduledPromptConditioning]], current_step) -> torch.Tensor:
     return torch.stack([_pick(schedule, current_step) for schedule in c])
 
 
+# A1111: modules/prompt_parser.py stack_conds
 def stack_conds(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Sub-prompts of different token counts are padded by repeating their last token vector (A1111)."""
     n = max(t.shape[0] for t in tensors)
     return torch.stack([torch.cat([t, t[-1:].repeat(n - t.shape[0], 1)]) if t.shape[0] < n else t for t in tensors])
 
 
+# A1111: modules/prompt_parser.py reconstruct_multicond_batch
 def reconstruct_multicond_batch(c: MulticondLearnedConditioning, current_step):
     """Returns (conds_list, tensor): conds_list[i] = [(row in tensor, weight), ...] for image i."""
     tensors, conds_list = [], []

@@ -6,6 +6,7 @@ import torch
 from modules import devices
 
 
+# A1111: modules/rng.py ImageRNG (per-seed generators; subseeds and seed resize left out)
 class ImageRNG:
     def __init__(self, shape, seeds, subseeds=None, subseed_strength=0.0, seed_resize_from_h=0, seed_resize_from_w=0):
         self.shape = tuple(map(int, shape))

@@ -13,6 +13,7 @@ from typing import Any
 from modules import errors
 
 
+# A1111: modules/script_callbacks.py ExtraNoiseParams
 @dataclasses.dataclass
 class ExtraNoiseParams:
     noise: Any
@@ -20,6 +21,7 @@ class ExtraNoiseParams:
     xi: Any
 
 
+# A1111: modules/script_callbacks.py CFGDenoiserParams (field order as A1111's constructor call)
 @dataclasses.dataclass
 class CFGDenoiserParams:
     """Fields read back after the callback: x, image_cond, sigma, text_cond, text_uncond."""
@@ -34,6 +36,7 @@ class CFGDenoiserParams:
     denoiser: Any = None
 
 
+# A1111: modules/script_callbacks.py CFGDenoisedParams
 @dataclasses.dataclass
 class CFGDenoisedParams:
     """Only in-place edits of ``x`` have an effect."""
@@ -44,6 +47,7 @@ class CFGDenoisedParams:
     inner_model: Any
 
 
+# A1111: modules/script_callbacks.py AfterCFGCallbackParams
 @dataclasses.dataclass
 class AfterCFGCallbackParams:
     """``x`` is read back (reassigning it is honoured)."""
@@ -92,6 +96,8 @@ def remove_callbacks_for_function(callback_func) -> None:
         callbacks[:] = [c for c in callbacks if c.callback != callback_func]
 
 
+# A1111: modules/script_callbacks.py cfg_denoiser_callback and the other dispatchers: each callback in
+# try/except Exception -> report_exception (errors.report), then the next one
 def _run(category: str, *args, reverse: bool = False) -> None:
     callbacks = ordered_callbacks(category)
     for c in reversed(callbacks) if reverse else callbacks:

@@ -89,6 +89,8 @@ class Script:
         return f"script_{tab}{title}_{item_id}"
 
 
+# A1111: modules/scripts.py ScriptRunner.<callback> bodies: try script.<callback>(p, *script_args, ...)
+# except Exception: errors.report(...) -- an Exception never leaves a script callback (a BaseException does)
 def run_script_callback(script: Script, name: str, p, *args, **kwargs):
     """Call ``script.<name>(p, *args, **kwargs)``; log and swallow an Exception as ScriptRunner does."""
     try:
@@ -142,6 +144,8 @@ class ScriptRunner:
         base = getattr(Script, method_name, None)
         return [s for s in self.alwayson_scripts if getattr(type(s), method_name, None) is not base]
 
+    # A1111: modules/scripts.py ScriptRunner.ordered_scripts + process_before_every_sampling(p, **kwargs) etc.:
+    # AlwaysVisible scripts that override the callback, args sliced from p.script_args
     def _dispatch(self, method_name: str, p, *lead, **kwargs) -> None:
         for script in self._callers(method_name):
             args = p.script_args[script.args_from:script.args_to]
@@ -152,6 +156,7 @@ class ScriptRunner:
             return lambda p, *lead, **kwargs: self._dispatch(name, p, *lead, **kwargs)
         raise AttributeError(name)
 
+    # A1111: modules/scripts.py ScriptRunner.setup_scrips (setup_for_ui_only skipped for the API)
     def setup_scrips(self, p, *, is_ui=True):  # (sic) A1111's name
         for script in self._callers("setup"):
             if is_ui or not script.setup_for_ui_only:

@@ -20,6 +20,7 @@ from modules.script_callbacks import (
 from modules.shared import opts, state
 
 
+# A1111: modules/sd_samplers_cfg_denoiser.py pad_cond (tensor form; the SDXL dict form is left out)
 def pad_cond(tensor, repeats, empty):
     return torch.cat([tensor, empty.repeat((tensor.shape[0], repeats, 1))], dim=1)
 
@@ -50,6 +51,8 @@ class CFGDenoiser(torch.nn.Module):
     def inner_model(self):
         raise NotImplementedError()
 
+    # A1111: modules/sd_samplers_cfg_denoiser.py CFGDenoiser.combine_denoised: uncond = the last B rows;
+    # denoised[i] += (cond_row - uncond[i]) * weight * cond_scale for each AND sub-prompt
     def combine_denoised(self, x_out, conds_list, uncond, cond_scale):
         denoised_uncond = x_out[-uncond.shape[0]:]
         denoised = torch.clone(denoised_uncond)
@@ -61,6 +64,7 @@ class CFGDenoiser(torch.nn.Module):
     def get_pred_x0(self, x_in, x_out, sigma):
         return x_out
 
+    # A1111: CFGDenoiser.pad_cond_uncond: the shorter of cond/uncond padded with empty-prompt chunks
     def pad_cond_uncond(self, cond, uncond):
         empty = shared.sd_model.cond_stage_model_empty_prompt
         num_repeats = (cond.shape[1] - uncond.shape[1]) // empty.shape[1]
@@ -72,6 +76,7 @@ class CFGDenoiser(torch.nn.Module):
             self.padded_cond_uncond = True
         return cond, uncond
 
+    # A1111: CFGDenoiser.forward's inner apply_blend: scripts.on_mask_blend with denoiser=self, sigma=sigma
     def apply_blend(self, current_latent, sigma=None):
         blended = current_latent * self.nmask + self.init_latent * self.mask
         if self.p.scripts is not None:
@@ -82,6 +87,11 @@ class CFGDenoiser(torch.nn.Module):
             blended = mba.blended_latent
         return blended
 
+    # A1111: modules/sd_samplers_cfg_denoiser.py CFGDenoiser.forward (refiner switch via apply_refiner, edit models,
+    # unCLIP and pad v0 left out). Relied on: an interrupt/skip raises InterruptedException first; rows are each
+    # image's cond rows in order (one per AND sub-prompt), then the B uncond rows; CFGDenoiserParams(x_in,
+    # image_cond_in, sigma_in, state.sampling_step, state.sampling_steps, text_cond, text_uncond, self) and
+    # x/image_cond/sigma/text_cond/text_uncond read back; skip_uncond decided AFTER the callback
     def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
         if state.interrupted or state.skipped:
             raise sd_samplers_common.InterruptedException
@@ -89,6 +99,7 @@ class CFGDenoiser(torch.nn.Module):
         conds_list, tensor = prompt_parser.reconstruct_multicond_batch(cond, self.step)
         uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step)
 
+        # A1111: mask_before_denoising (timestep samplers) blends x before the model, k-diffusion after
         if self.mask_before_denoising and self.mask is not None:
             x = self.apply_blend(x, sigma)
 
@@ -111,6 +122,8 @@ class CFGDenoiser(torch.nn.Module):
         x_in, image_cond_in, sigma_in = params.x, params.image_cond, params.sigma
         tensor, uncond = params.text_cond, params.text_uncond
 
+        # A1111: CFGDenoiser.forward skip-uncond paths: skip_early_cond (step / total_steps), NGMS s_min_uncond on odd
+        # steps (every step with s_min_uncond_all); the uncond rows of x_in/sigma_in are dropped
         skip_uncond = False
         if opts.skip_early_cond != 0. and self.step / self.total_steps <= opts.skip_early_cond:
             skip_uncond = True
@@ -123,10 +136,14 @@ class CFGDenoiser(torch.nn.Module):
         if skip_uncond:
             x_in, sigma_in = x_in[:-batch_size], sigma_in[:-batch_size]
 
+        # A1111: CFGDenoiser.forward: pad_cond_uncond only when the option is on and token counts differ
         self.padded_cond_uncond = False
         if opts.pad_cond_uncond and tensor.shape[1] != uncond.shape[1]:
             tensor, uncond = self.pad_cond_uncond(tensor, uncond)
 
+        # A1111: CFGDenoiser.forward: equal token counts: batch_cond_uncond -> one call over all rows, else chunks of B
+        # rows from row 0 (subscript_cond); other token counts: cond rows in chunks of 2B (batch_cond_uncond)
+        # or B, then the uncond rows in one call
         if tensor.shape[1] == uncond.shape[1] or skip_uncond:
             cond_in = tensor if skip_uncond else torch.cat([tensor, uncond])
             if opts.batch_cond_uncond:
@@ -151,11 +168,13 @@ class CFGDenoiser(torch.nn.Module):
                 x_out[-n:] = self.inner_model(x_in[-n:], sigma_in[-n:],
                                               cond=make_condition_dict(uncond, image_cond_in[-n:]))
 
+        # A1111: CFGDenoiser.forward: skipped uncond outputs = each image's first cond output, combined at scale 1
         first_cond_rows = [conds[0][0] for conds in conds_list]
         if skip_uncond:
             # the skipped uncond outputs are stood in for by each image's first cond output (combined at scale 1)
             x_out = torch.cat([x_out, *[x_out[i:i + 1] for i in first_cond_rows]])
 
+        # A1111: cfg_denoised_callback(CFGDenoisedParams(x_out, sampling_step, sampling_steps, inner_model))
         cfg_denoised_callback(CFGDenoisedParams(x_out, state.sampling_step, state.sampling_steps, self.inner_model))
 
         if self.need_last_noise_uncond:
@@ -167,10 +186,13 @@ class CFGDenoiser(torch.nn.Module):
         if not self.mask_before_denoising and self.mask is not None:
             denoised = self.apply_blend(denoised, sigma)
 
+        # A1111: sampler.last_latent = get_pred_x0 of each image's first cond row; store_latent (live preview 'Prompt')
         rows = torch.tensor(first_cond_rows)
         self.sampler.last_latent = self.get_pred_x0(x_in[rows], x_out[rows], sigma)
         sd_samplers_common.store_latent(self.sampler.last_latent)
 
+        # A1111: cfg_after_cfg_callback(AfterCFGCallbackParams(denoised, sampling_step, sampling_steps)); x read back;
+        # then self.step += 1
         after = AfterCFGCallbackParams(denoised, state.sampling_step, state.sampling_steps)
         cfg_after_cfg_callback(after)
         denoised = after.x

@@ -17,6 +17,8 @@ def _bc(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
+# A1111 pins k-diffusion: k_diffusion/external.py CompVisDenoiser (DiscreteEpsDDPMDenoiser): sigmas =
+# sqrt((1 - abar) / abar); get_sigmas(n) = t_to_sigma(linspace(999, 0, n)) + [0]; sigma_to_t log-interpolates
 class CompVisDenoiser(torch.nn.Module):
     """eps model -> x0 denoiser over the model's 1000 discrete sigmas (continuous t by log-sigma interpolation)."""
 
@@ -69,6 +71,7 @@ class CompVisDenoiser(torch.nn.Module):
         return input + self.get_eps(input * c_in, self.sigma_to_t(sigma), **kwargs) * c_out
 
 
+# k_diffusion/external.py CompVisVDenoiser (DiscreteVDDPMDenoiser): x0 = c_skip x + c_out v
 class CompVisVDenoiser(CompVisDenoiser):
     """Same schedule for v-prediction models: ``x0 = c_skip * x + c_out * v``."""
 
@@ -85,10 +88,12 @@ class CompVisVDenoiser(CompVisDenoiser):
         return self.get_v(input * c_in, self.sigma_to_t(sigma), **kwargs) * c_out + input * c_skip
 
 
+# k_diffusion/sampling.py to_d
 def to_d(x, sigma, denoised):
     return (x - denoised) / _bc(sigma, x)
 
 
+# k_diffusion/sampling.py sample_euler (s_churn left out): one model call a step, callback after it
 @torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
     extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
@@ -100,6 +105,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None)
     return x
 
 
+# k_diffusion/sampling.py sample_euler_ancestral (noise via A1111's TorchHijack -> p.rng.next())
 @torch.no_grad()
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                            noise_sampler=None):
@@ -118,6 +124,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     return x
 
 
+# k_diffusion/sampling.py sample_heun: two calls a step except the last
 @torch.no_grad()
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None):
     extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
@@ -136,6 +143,7 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None):
     return x
 
 
+# k_diffusion/sampling.py sample_dpm_2
 @torch.no_grad()
 def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None):
     extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
@@ -153,6 +161,7 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None)
     return x
 
 
+# k_diffusion/sampling.py sample_dpmpp_2m
 @torch.no_grad()
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
     extra_args, s_in = extra_args or {}, x.new_ones([x.shape[0]])
@@ -173,6 +182,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
     return x
 
 
+# A1111: modules/sd_samplers_kdiffusion.py samplers_k_diffusion (the options used here)
 samplers_k_diffusion = [
     ('DPM++ 2M', sample_dpmpp_2m, ['k_dpmpp_2m'], {'scheduler': 'karras'}),
     ('Euler a', sample_euler_ancestral, ['k_euler_a', 'k_euler_ancestral'], {"uses_ensd": True}),
@@ -188,6 +198,7 @@ samplers_data_k_diffusion = [
 ]
 
 
+# A1111: modules/sd_samplers_kdiffusion.py CFGDenoiserKDiffusion.inner_model: CompVis(V)Denoiser by parameterization
 class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
     @property
     def inner_model(self):
@@ -205,6 +216,9 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         self.model_wrap_cfg = CFGDenoiserKDiffusion(self)
         self.model_wrap = self.model_wrap_cfg.inner_model
 
+    # A1111: modules/sd_samplers_kdiffusion.py KDiffusionSampler.get_sigmas: discard_next_to_last_sigma adds a step
+    # and drops the penultimate sigma; p.sampler_noise_scheduler_override(steps) wins over any scheduler; 'Automatic'
+    # = the sampler's default scheduler, none -> model_wrap.get_sigmas(steps); else sd_schedulers.<function>
     def get_sigmas(self, p, steps):
         """Schedule for ``steps``; 'Automatic' means the sampler's default, which for Euler/Euler a/Heun is
         none at all: then the wrapper's own ``get_sigmas(steps)`` (uniform in t) is used."""
@@ -240,6 +254,8 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
             sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
         return sigmas.cpu()
 
+    # A1111: KDiffusionSampler.sample_img2img: (steps, t_enc) = setup_img2img_steps; sigma_sched =
+    # sigmas[steps - t_enc - 1:]; xi = x + noise * sigma_sched[0]; extra noise; launch_sampling(t_enc + 1, ...)
     def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None,
                        image_conditioning=None):
         steps, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
@@ -254,8 +270,9 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         extra = self.initialize(p)
         self.model_wrap_cfg.init_latent = x
         return self.run_sampling(p, xi, conditioning, unconditional_conditioning, image_conditioning, t_enc + 1,
-                                 sigma_sched, extra)
+                                 sigma_sched, extra, last_latent=x)
 
+    # A1111: KDiffusionSampler.sample: x * sigmas[0], or x * sqrt(1 + sigmas[0]^2) with opts.sgm_noise_multiplier
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         steps = steps or p.steps
         sigmas = self.get_sigmas(p, steps)

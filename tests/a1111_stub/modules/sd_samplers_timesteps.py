@@ -10,6 +10,7 @@ from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 from modules.shared import opts
 
 
+# A1111: modules/sd_samplers_timesteps.py CompVisTimestepsDenoiser: the model's eps at integer timesteps
 class CompVisTimestepsDenoiser(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
@@ -19,6 +20,7 @@ class CompVisTimestepsDenoiser(torch.nn.Module):
         return self.inner_model.apply_model(input, timesteps, **kwargs)
 
 
+# A1111: modules/sd_samplers_timesteps.py CompVisTimestepsVDenoiser: eps = sqrt(abar) v + sqrt(1 - abar) x
 class CompVisTimestepsVDenoiser(CompVisTimestepsDenoiser):
     def forward(self, input, timesteps, **kwargs):
         v = self.inner_model.apply_model(input, timesteps, **kwargs)
@@ -26,6 +28,7 @@ class CompVisTimestepsVDenoiser(CompVisTimestepsDenoiser):
         return a.sqrt() * v + (1 - a).sqrt() * input
 
 
+# A1111: modules/sd_samplers_timesteps_impl.py ddim (eta 0 only): len(timesteps) - 1 calls from timesteps[-1]
 @torch.no_grad()
 def ddim(model, x, timesteps, extra_args=None, callback=None, disable=None, eta=0.0):
     """Deterministic DDIM from timesteps[-1] down: len(timesteps) - 1 model calls, last target level timesteps[0]."""
@@ -54,6 +57,7 @@ samplers_data_timesteps = [
 ]
 
 
+# A1111: modules/sd_samplers_timesteps.py CFGDenoiserTimesteps: mask_before_denoising; get_pred_x0 in VP
 class CFGDenoiserTimesteps(CFGDenoiser):
     def __init__(self, sampler):
         super().__init__(sampler)
@@ -81,6 +85,7 @@ class CompVisSampler(sd_samplers_common.Sampler):
         self.model_wrap_cfg = CFGDenoiserTimesteps(self)
         self.model_wrap = self.model_wrap_cfg.inner_model
 
+    # A1111: modules/sd_samplers_timesteps.py CompVisSampler.get_timesteps
     def get_timesteps(self, p, steps):
         """Ascending ``clip(range(0, 1000, 1000 // steps) + 1, 0, 999)``, e.g. 20 steps -> 1, 51, ..., 951."""
         discard = self.config is not None and self.config.options.get('discard_next_to_last_sigma', False)
@@ -90,6 +95,8 @@ class CompVisSampler(sd_samplers_common.Sampler):
         steps += 1 if discard else 0
         return torch.clip(torch.asarray(list(range(0, 1000, 1000 // steps)), device=devices.device) + 1, 0, 999)
 
+    # A1111: CompVisSampler.sample_img2img: noised to timesteps[t_enc] (xi = sqrt(abar) x + sqrt(1 - abar) noise),
+    # sampled over timesteps[:t_enc] (first call at timesteps[t_enc - 1]); launch_sampling(t_enc + 1, ...)
     def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None,
                        image_conditioning=None):
         """Noised to level timesteps[t_enc], then DDIM over timesteps[:t_enc] (first call at timesteps[t_enc-1])."""
@@ -105,8 +112,9 @@ class CompVisSampler(sd_samplers_common.Sampler):
         extra = self.initialize(p)
         self.model_wrap_cfg.init_latent = x
         return self.run_sampling(p, xi, conditioning, unconditional_conditioning, image_conditioning, t_enc + 1,
-                                 timesteps[:t_enc], extra)
+                                 timesteps[:t_enc], extra, last_latent=x)
 
+    # A1111: CompVisSampler.sample: x unscaled (unit noise), all timesteps: steps - 1 model calls
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         steps = steps or p.steps
         timesteps = self.get_timesteps(p, steps)

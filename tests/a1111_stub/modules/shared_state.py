@@ -3,6 +3,8 @@
 import time
 
 
+# A1111: modules/shared_state.py State: textinfo is the progress text, sampling_step/sampling_steps the progress
+# bar, interrupted/skipped are read by CFGDenoiser.forward and process_images_inner
 class State:
     skipped = False
     interrupted = False
@@ -18,6 +20,7 @@ class State:
     textinfo = None
     time_start = None
 
+    # A1111: State.skip / interrupt / stop_generating just set the flags
     def skip(self) -> None:
         self.skipped = True
 
@@ -27,10 +30,12 @@ class State:
     def stop_generating(self) -> None:
         self.stopping_generation = True
 
+    # A1111: State.nextjob: job_no += 1, sampling_step = 0
     def nextjob(self) -> None:
         self.job_no += 1
         self.sampling_step = 0
 
+    # A1111: State.begin resets the flags and textinfo
     def begin(self, job: str = "(unknown)") -> None:
         self.sampling_step = 0
         self.time_start = time.time()
