@@ -64,12 +64,7 @@ class RivalParams:
 
     def __post_init__(self) -> None:
         for name in ("t_align", "t_early", "early_plain"):
-            value = getattr(self, name)
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-                raise ValueError(f"{name} must be a number in [0, 1000], got {value!r}")
-            if not math.isfinite(value) or not 0.0 <= value <= TIMESTEP_MAX:
-                raise ValueError(f"{name} must be a number in [0, 1000], got {value!r}")
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, name, timestep_value(name, getattr(self, name)))
         for name, enum in (
             ("reference_prompt", ReferencePrompt),
             ("init_latent", InitLatent),
@@ -109,6 +104,17 @@ class RivalParams:
         if unknown:
             raise ValueError(f"unknown RIVAL parameter(s): {', '.join(unknown)}")
         return replace(self, **changes)
+
+
+def timestep_value(name: str, value: object) -> float:
+    """A threshold as a float in [0, 1000]; the one place that checks them (the API delegates here)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number in [0, 1000], got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in [0, 1000], got {value!r}")
+    if not 0.0 <= value <= TIMESTEP_MAX:
+        raise ValueError(f"{name} must be a number in [0, 1000], got {value!r}")
+    return float(value)
 
 
 def _as_enum(name: str, value: object, enum: type[Enum]) -> Enum:
