@@ -25,7 +25,7 @@ from .chain import InversionChain
 from .conditioning import Conditioning, ReferenceRows, Role, reference_rows
 from .features import FeatureCache, evaluation_key
 from .hooks import HookHandles
-from .noise import DiscreteSchedule, vp_scale
+from .noise import DiscreteSchedule, abar_of_sigma, eps_from_v
 from .params import AttentionMode, RivalParams
 
 ARG_NAMES = {"x": ("x", "sample"), "t": ("timesteps", "timestep", "t"), "context": ("context",), "y": ("y",)}
@@ -237,9 +237,8 @@ class ReferenceRowsHook:
     def _as_eps(self, out: Tensor, ev: Evaluation) -> Tensor:
         if self.parameterization == "eps":
             return out.detach().clone()
-        abar = float(vp_scale(ev.sigma)) ** 2
         z = self.reference.chain.reference_vp(ev.sigma).to(out.device, out.dtype)
-        return abar**0.5 * out + (1 - abar) ** 0.5 * z
+        return eps_from_v(out, z, float(abar_of_sigma(ev.sigma)))
 
 
 class CallArguments:

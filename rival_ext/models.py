@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .conditioning import Conditioning
-from .noise import DiscreteSchedule, vp_scale
+from .noise import DiscreteSchedule, abar_of_sigma, eps_from_v, ve_to_vp
 
 
 class EpsModel(Protocol):
@@ -40,9 +40,8 @@ class UNetEps:
         out = self.unet(z, **kwargs)
         if self.parameterization == "eps":
             return out
-        abar = vp_scale(self.schedule.t_to_sigma(t)) ** 2
-        abar = abar.to(z.dtype).reshape(-1, 1, 1, 1)
-        return abar.sqrt() * out + (1 - abar).sqrt() * z
+        abar = abar_of_sigma(self.schedule.t_to_sigma(t)).to(z.dtype).reshape(-1, 1, 1, 1)
+        return eps_from_v(out, z, abar)
 
 
 class KDenoiser:
@@ -56,7 +55,6 @@ class KDenoiser:
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         """x0 estimate of the VE latents ``x`` at noise levels ``sigma``."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
-        c_in = vp_scale(sigma).to(x.dtype).reshape(-1, 1, 1, 1)
         t = self.schedule.sigma_to_t(sigma).to(x.device)
-        eps = self.model(x * c_in, t, self.cond.repeat(x.shape[0]) if len(self.cond) == 1 else self.cond)
+        eps = self.model(ve_to_vp(x, sigma), t, self.cond.repeat(x.shape[0]) if len(self.cond) == 1 else self.cond)
         return x - sigma.to(x.dtype).reshape(-1, 1, 1, 1) * eps
