@@ -25,7 +25,7 @@ from .chain import InversionChain
 from .conditioning import Conditioning, ReferenceRows, Role, reference_rows
 from .features import FeatureCache, evaluation_key
 from .hooks import HookHandles
-from .noise import DiscreteSchedule, abar_of_sigma, eps_from_v
+from .noise import abar_of_sigma, eps_from_v
 from .params import AttentionMode, RivalParams
 
 ARG_NAMES = {"x": ("x", "sample"), "t": ("timesteps", "timestep", "t"), "context": ("context",), "y": ("y",)}
@@ -70,7 +70,6 @@ class ReferenceRowsHook:
         injector: SelfAttentionInjector,
         params: RivalParams,
         reference: Reference,
-        schedule: DiscreteSchedule,
         parameterization: str = "eps",
         features: FeatureCache | None = None,
         separate: bool | None = None,
@@ -79,7 +78,6 @@ class ReferenceRowsHook:
         self.injector = injector
         self.params = params
         self.reference = reference
-        self.schedule = schedule
         self.parameterization = parameterization
         self.shared = reference.shared
         self.features = features

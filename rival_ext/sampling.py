@@ -39,9 +39,7 @@ class RivalUNet:
         self.model = model
         self.params = params
         self.reference = reference
-        self.rows = ReferenceRowsHook(
-            model.unet, injector, params, reference, model.schedule, model.parameterization, features
-        )
+        self.rows = ReferenceRowsHook(model.unet, injector, params, reference, model.parameterization, features)
 
     def __call__(
         self, z: Tensor, sigma: float, t: float, cond: Conditioning, roles: Sequence[Role]

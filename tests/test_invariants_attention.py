@@ -25,19 +25,18 @@ from rival_ext import (
     InversionChain,
     KDenoiser,
     Reference,
-    ReferenceRowsHook,
     RivalParams,
     RivalUNet,
-    Role,
     SelfAttentionInjector,
     UNetEps,
     adain,
-    find_self_attention,
     invert,
-    reference_rows,
     sample_euler,
     vp_scale,
 )
+from rival_ext.attention import find_self_attention
+from rival_ext.batching import ReferenceRowsHook
+from rival_ext.conditioning import Role, reference_rows
 from rival_ext.params import AttentionMode
 
 EQUAL = 1e-12
@@ -277,7 +276,7 @@ def test_10_split_calls_of_one_evaluation_equal_one_call(unet, model, chain, sch
     params = RivalParams()
     cond = Conditioning.cat(texts)
     with SelfAttentionInjector(unet) as inj:
-        hook = ReferenceRowsHook(unet, inj, params, ref, schedule)
+        hook = ReferenceRowsHook(unet, inj, params, ref)
         with hook:
             ev = hook.begin(sigma, t, roles)
             whole = model(z, t_vec(t, 4), cond)

@@ -234,7 +234,7 @@ class RivalJob:
         self.injector = SelfAttentionInjector(unet).__enter__()
         reference = Reference(self.chain, cond, uncond)
         self.rows = ReferenceRowsHook(
-            unet, self.injector, self.params, reference, self.schedule, parameterization_of(sd_model),
+            unet, self.injector, self.params, reference, parameterization_of(sd_model),
             features=feature_cache(self.chain_key),
         ).__enter__()
 
