@@ -9,13 +9,13 @@ internals import them from their modules.
 
 from .adain import adain
 from .attention import AttentionPlan, SelfAttentionInjector
-from .batching import Reference
 from .chain import InversionChain, check_schedule, invert
 from .conditioning import Conditioning
+from .eps_models import KDenoiser, UNetEps
 from .latent_init import initial_latents
-from .models import KDenoiser, UNetEps
 from .noise import DiscreteSchedule, ve_to_vp, vp_scale, vp_to_ve
 from .params import PRESETS, AttentionMode, InitLatent, ReferencePrompt, RivalParams, SwitchRule, preset
+from .reference_rows import Reference
 from .sampling import RivalUNet, sample_ddim, sample_euler
 
 __all__ = [

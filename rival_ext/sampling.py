@@ -15,14 +15,14 @@ from torch import Tensor
 
 from .adain import adain
 from .attention import SelfAttentionInjector
-from .batching import Reference, ReferenceRowsHook
 from .chain import check_schedule
 from .conditioning import Conditioning, Role
-from .features import FeatureCache
+from .eps_models import UNetEps
+from .feature_cache import FeatureCache
 from .latent_init import force_keep
-from .models import UNetEps
 from .noise import DiscreteSchedule, ve_to_vp
 from .params import RivalParams
+from .reference_rows import Reference, ReferenceRowsHook
 
 
 class RivalUNet:

@@ -35,9 +35,9 @@ from rival_ext import (
     vp_scale,
 )
 from rival_ext.attention import find_self_attention
-from rival_ext.batching import ReferenceRowsHook
 from rival_ext.conditioning import Role, reference_rows
 from rival_ext.params import AttentionMode
+from rival_ext.reference_rows import ReferenceRowsHook
 
 EQUAL = 1e-12
 CHANGED = 1e-4
@@ -295,7 +295,7 @@ def test_10_split_calls_of_one_evaluation_equal_one_call(unet, model, chain, sch
 def test_10_reference_bank_equals_in_batch(unet, model, chain, schedule, shared) -> None:
     """The feature cache (reference pass recorded once, then replayed from a bank) gives the
     in-batch outputs, and replayed calls are exactly plain-sized."""
-    from rival_ext.features import FeatureCache
+    from rival_ext.feature_cache import FeatureCache
 
     ref = Reference(chain, text(1), text(1) if shared else text(2))
     params = RivalParams(early_plain=960.0)

@@ -22,17 +22,17 @@ from torch import Tensor
 
 from ..adain import adain, adain_denoised
 from ..attention import SelfAttentionInjector
-from ..batching import Reference, ReferenceRowsHook
-from ..cache import ChainCache
 from ..chain import InversionChain, NonFiniteInversion, coarse_schedule, invert, reconstruct
+from ..chain_cache import ChainCache
 from ..conditioning import Role
-from ..features import FeatureCache
+from ..eps_models import KDenoiser
+from ..feature_cache import FeatureCache
 from ..hooks import swap_attribute
 from ..image import prepare_reference
 from ..latent_init import force_keep, initial_latents, inpaint_initial_latent
-from ..models import KDenoiser
 from ..noise import DiscreteSchedule, abar_of_sigma, ve_noise_for, ve_to_vp, vp_noise_for
 from ..params import RivalParams
+from ..reference_rows import Reference, ReferenceRowsHook
 from .args import RivalArgs, RivalInputError
 from .model import (
     A1111Eps,

@@ -15,7 +15,7 @@ from modules import devices, shared
 from torch import Tensor, nn
 
 from ..conditioning import Conditioning
-from ..models import UNetEps
+from ..eps_models import UNetEps
 from ..noise import DiscreteSchedule, abar_of_sigma, eps_from_v
 
 

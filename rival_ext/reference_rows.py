@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .attention import AttentionPlan, SelfAttentionInjector
 from .chain import InversionChain
 from .conditioning import Conditioning, ReferenceRows, Role, reference_rows
-from .features import FeatureCache, evaluation_key
+from .feature_cache import FeatureCache, evaluation_key
 from .hooks import HookHandles
 from .noise import abar_of_sigma, eps_from_v
 from .params import AttentionMode, RivalParams
