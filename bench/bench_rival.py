@@ -55,9 +55,9 @@ from rival_ext import (
     sample_euler,
     vp_scale,
 )
-from rival_ext.cache import ChainCache
 from rival_ext.chain import coarse_schedule
-from rival_ext.features import FeatureCache
+from rival_ext.chain_cache import ChainCache
+from rival_ext.feature_cache import FeatureCache
 
 ROOT = Path(__file__).resolve().parents[1]
 

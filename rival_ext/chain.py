@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .noise import vp_scale
+from .noise import ve_rescale, ve_to_vp, vp_to_ve
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 """k-diffusion style denoiser: (x VE latent (B,C,H,W), sigma (B,)) -> x0 estimate."""
@@ -70,12 +70,12 @@ class InversionChain:
 
     def reference_vp(self, sigma: float) -> Tensor:
         """The reference's VP latent at sigma (what the UNet sees)."""
-        return self.reference_at(sigma) * float(vp_scale(float(sigma)))
+        return ve_to_vp(self.reference_at(sigma), float(sigma))
 
     @property
     def origin_latent(self) -> Tensor:
         """The clean reference latent z0 in VP form (the keep region's final value)."""
-        return self.nodes[-1] * float(vp_scale(float(self.sigmas[-1])))
+        return ve_to_vp(self.nodes[-1], float(self.sigmas[-1]))
 
 
 def check_schedule(sigmas: Tensor | list[float]) -> Tensor:
@@ -117,11 +117,11 @@ def invert(
     nodes = [torch.empty(0)] * (n + 1)
     x0s = [torch.empty(0)] * n
     epss = [torch.empty(0)] * n
-    nodes[n] = z0[0].to(store) / float(vp_scale(s[n]))
+    nodes[n] = vp_to_ve(z0[0].to(store), s[n])
     for k in range(n - 1, -1, -1):
         src, tgt = s[k + 1], s[k]
         # The UNet sees the source latent with the target level's timestep (official scheme).
-        x_in = nodes[k + 1] * float(((tgt**2 + 1) / (src**2 + 1)).sqrt())
+        x_in = ve_rescale(nodes[k + 1], src, tgt)
         sigma_vec = torch.full((1,), float(tgt), dtype=z0.dtype, device=z0.device)
         denoised = denoiser(x_in.unsqueeze(0).to(z0.dtype), sigma_vec)[0].to(store)
         e = (x_in - denoised) / float(tgt)
@@ -145,7 +145,7 @@ def reconstruct(chain: InversionChain, denoiser: Denoiser) -> Tensor:
     for k in range(chain.steps):
         sigma = torch.full((1,), float(s[k]), dtype=x.dtype, device=x.device)
         x = x + float(s[k + 1] - s[k]) * (x - denoiser(x, sigma)) / float(s[k])
-    return x * float(vp_scale(s[-1]))
+    return ve_to_vp(x, s[-1])
 
 
 def coarse_schedule(sigmas: Tensor | list[float], steps: int) -> Tensor:

@@ -21,14 +21,53 @@ def vp_scale(sigma: Tensor | float) -> Tensor:
     return (1.0 + sigma**2).rsqrt()
 
 
+def abar_of_sigma(sigma: Tensor | float) -> Tensor:
+    """abar = 1 / (1 + sigma^2) as vp_scale(sigma)^2 (float64): the VP signal level of sigma."""
+    return vp_scale(sigma) ** 2
+
+
+def _scale_for(sigma: Tensor | float, like: Tensor) -> Tensor | float:
+    """vp_scale(sigma) ready to multiply ``like``.
+
+    A scalar sigma gives a Python float (the product is rounded once, in the latent's compute
+    precision); per-row sigmas (B,) give a (B,1,..) tensor in the latent's dtype.
+    """
+    scale = vp_scale(sigma)
+    if scale.dim() == 0:
+        return float(scale)
+    return scale.to(like.dtype).reshape(-1, *[1] * (like.dim() - 1))
+
+
 def ve_to_vp(x: Tensor, sigma: Tensor | float) -> Tensor:
-    """VP latent z of the VE latent x at noise level sigma."""
-    return x * vp_scale(sigma).to(x.dtype)
+    """VP latent z of the VE latent x at noise level sigma (a scalar or one per row)."""
+    return x * _scale_for(sigma, x)
 
 
 def vp_to_ve(z: Tensor, sigma: Tensor | float) -> Tensor:
-    """VE latent x of the VP latent z at noise level sigma."""
-    return z / vp_scale(sigma).to(z.dtype)
+    """VE latent x of the VP latent z at noise level sigma (a scalar or one per row)."""
+    return z / _scale_for(sigma, z)
+
+
+def ve_rescale(x: Tensor, source: Tensor, target: Tensor) -> Tensor:
+    """The VE latent at level ``target`` whose VP form equals that of ``x`` at level ``source``."""
+    return x * float(((target**2 + 1) / (source**2 + 1)).sqrt())
+
+
+def eps_from_v(v: Tensor, z: Tensor, abar: Tensor | float) -> Tensor:
+    """The eps-equivalent of a v prediction for the VP latent z: sqrt(abar) v + sqrt(1 - abar) z."""
+    if isinstance(abar, Tensor):
+        return abar.sqrt() * v + (1 - abar).sqrt() * z
+    return abar**0.5 * v + (1 - abar) ** 0.5 * z
+
+
+def vp_noise_for(z: Tensor, x0: Tensor, abar: float) -> Tensor:
+    """The noise that the VP forward step sqrt(abar) x0 + sqrt(1 - abar) noise turns into z."""
+    return (z - abar**0.5 * x0) / (1 - abar) ** 0.5
+
+
+def ve_noise_for(x: Tensor, x0: Tensor, sigma: float) -> Tensor:
+    """The noise that the VE forward step x0 + sigma noise turns into x."""
+    return (x - x0) / sigma
 
 
 def scaled_linear_alphas_cumprod(

@@ -64,12 +64,7 @@ class RivalParams:
 
     def __post_init__(self) -> None:
         for name in ("t_align", "t_early", "early_plain"):
-            value = getattr(self, name)
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-                raise ValueError(f"{name} must be a number in [0, 1000], got {value!r}")
-            if not math.isfinite(value) or not 0.0 <= value <= TIMESTEP_MAX:
-                raise ValueError(f"{name} must be a number in [0, 1000], got {value!r}")
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, name, timestep_value(name, getattr(self, name)))
         for name, enum in (
             ("reference_prompt", ReferencePrompt),
             ("init_latent", InitLatent),
@@ -111,6 +106,17 @@ class RivalParams:
         return replace(self, **changes)
 
 
+def timestep_value(name: str, value: object) -> float:
+    """A threshold as a float in [0, 1000]; the one place that checks them (the API delegates here)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number in [0, 1000], got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in [0, 1000], got {value!r}")
+    if not 0.0 <= value <= TIMESTEP_MAX:
+        raise ValueError(f"{name} must be a number in [0, 1000], got {value!r}")
+    return float(value)
+
+
 def _as_enum(name: str, value: object, enum: type[Enum]) -> Enum:
     if isinstance(value, enum):
         return value
@@ -135,55 +141,24 @@ class Preset:
     name: str
     title: str
     params: RivalParams
-    cfg_scale: float
-    description: str
+    cfg_scale: float  # the official configuration's guidance scale (documentation; A1111's own CFG applies)
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset(
-            "variation",
-            "Variation",
-            RivalParams(reference_prompt=ReferencePrompt.PROMPT),
-            5.0,
-            "Variations of the reference: same content and style, new layout (rival_variation.json).",
-        ),
-        Preset(
-            "prompt_guided",
-            "Prompt-guided (style transfer)",
-            RivalParams(early_plain=960.0),
-            7.0,
-            "Your prompt, in the reference's style and colours (rival_t2i.json, early plain 960).",
-        ),
-        Preset(
-            "editing",
-            "Editing",
-            RivalParams(early_plain=900.0, init_latent=InitLatent.INVERTED),
-            7.0,
-            "Edit the reference with the prompt; starts from its inverted latent (early plain 900).",
-        ),
-        Preset(
-            "concept",
-            "Customized concept",
-            RivalParams(),
-            7.0,
-            "With a LoRA/DreamBooth concept in the prompt (rival_t2i.json with early plain 1000).",
-        ),
-        Preset(
-            "inpainting",
-            "Inpainting",
-            RivalParams(),
-            7.0,
-            "Example-based inpainting in img2img's inpaint tab (rival_inpainting.json).",
-        ),
-        Preset(
-            "controlnet",
-            "With ControlNet",
-            RivalParams(t_early=400.0),
-            7.0,
-            "Structure from ControlNet, look from the reference (rival_controlnet.json, t_early 400).",
-        ),
+        # Variations of the reference: same content and style, new layout (rival_variation.json).
+        Preset("variation", "Variation", RivalParams(reference_prompt=ReferencePrompt.PROMPT), 5.0),
+        # Your prompt, in the reference's style and colours (rival_t2i.json, early plain 960).
+        Preset("prompt_guided", "Prompt-guided (style transfer)", RivalParams(early_plain=960.0), 7.0),
+        # Edit the reference with the prompt; starts from its inverted latent (early plain 900).
+        Preset("editing", "Editing", RivalParams(early_plain=900.0, init_latent=InitLatent.INVERTED), 7.0),
+        # With a LoRA/DreamBooth concept in the prompt (rival_t2i.json with early plain 1000).
+        Preset("concept", "Customized concept", RivalParams(), 7.0),
+        # Example-based inpainting in img2img's inpaint tab (rival_inpainting.json).
+        Preset("inpainting", "Inpainting", RivalParams(), 7.0),
+        # Structure from ControlNet, look from the reference (rival_controlnet.json, t_early 400).
+        Preset("controlnet", "With ControlNet", RivalParams(t_early=400.0), 7.0),
     )
 }
 

@@ -15,14 +15,14 @@ from torch import Tensor
 
 from .adain import adain
 from .attention import SelfAttentionInjector
-from .batching import Reference, ReferenceRowsHook
 from .chain import check_schedule
 from .conditioning import Conditioning, Role
-from .features import FeatureCache
+from .eps_models import UNetEps
+from .feature_cache import FeatureCache
 from .latent_init import force_keep
-from .models import UNetEps
-from .noise import DiscreteSchedule, vp_scale
+from .noise import DiscreteSchedule, ve_to_vp
 from .params import RivalParams
+from .reference_rows import Reference, ReferenceRowsHook
 
 
 class RivalUNet:
@@ -39,9 +39,7 @@ class RivalUNet:
         self.model = model
         self.params = params
         self.reference = reference
-        self.rows = ReferenceRowsHook(
-            model.unet, injector, params, reference, model.schedule, model.parameterization, features
-        )
+        self.rows = ReferenceRowsHook(model.unet, injector, params, reference, model.parameterization, features)
 
     def __call__(
         self, z: Tensor, sigma: float, t: float, cond: Conditioning, roles: Sequence[Role]
@@ -94,9 +92,9 @@ def sample_euler(
         if regenerate is not None:
             x = force_keep(x, chain.reference_at(sigma), regenerate)
         t = float(schedule.sigma_to_t(sigma))
-        eps = rival.guided_eps(x * float(vp_scale(sigma)), sigma, t, cond, uncond, cfg_scale)
+        eps = rival.guided_eps(ve_to_vp(x, sigma), sigma, t, cond, uncond, cfg_scale)
         x = x + float(s[i + 1] - s[i]) * eps
-    z = x * float(vp_scale(s[-1]))
+    z = ve_to_vp(x, s[-1])
     if regenerate is not None:
         z = force_keep(z, chain.origin_latent, regenerate)
     return z

@@ -6,7 +6,7 @@ import torch
 from conftest import photo_latent, text
 
 from rival_ext import KDenoiser, Reference, RivalParams, RivalUNet, SelfAttentionInjector, invert, sample_euler
-from rival_ext.features import FeatureCache
+from rival_ext.feature_cache import FeatureCache
 
 
 def generate(unet, model, schedule, chain, reference, features, rows_seen):

@@ -26,17 +26,14 @@ from rival_ext import (
     SwitchRule,
     UNetEps,
     adain,
-    adain_denoised,
-    force_keep,
     initial_latents,
-    inpaint_initial_latent,
     invert,
     sample_ddim,
     sample_euler,
-    shuffle_latent,
     vp_scale,
 )
-from rival_ext.adain import ADAIN_EPS
+from rival_ext.adain import ADAIN_EPS, adain_denoised
+from rival_ext.latent_init import force_keep, inpaint_initial_latent, shuffle_latent
 from rival_ext.params import AttentionMode
 
 TOL = 1e-12

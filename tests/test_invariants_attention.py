@@ -25,20 +25,19 @@ from rival_ext import (
     InversionChain,
     KDenoiser,
     Reference,
-    ReferenceRowsHook,
     RivalParams,
     RivalUNet,
-    Role,
     SelfAttentionInjector,
     UNetEps,
     adain,
-    find_self_attention,
     invert,
-    reference_rows,
     sample_euler,
     vp_scale,
 )
+from rival_ext.attention import find_self_attention
+from rival_ext.conditioning import Role, reference_rows
 from rival_ext.params import AttentionMode
+from rival_ext.reference_rows import ReferenceRowsHook
 
 EQUAL = 1e-12
 CHANGED = 1e-4
@@ -277,7 +276,7 @@ def test_10_split_calls_of_one_evaluation_equal_one_call(unet, model, chain, sch
     params = RivalParams()
     cond = Conditioning.cat(texts)
     with SelfAttentionInjector(unet) as inj:
-        hook = ReferenceRowsHook(unet, inj, params, ref, schedule)
+        hook = ReferenceRowsHook(unet, inj, params, ref)
         with hook:
             ev = hook.begin(sigma, t, roles)
             whole = model(z, t_vec(t, 4), cond)
@@ -296,7 +295,7 @@ def test_10_split_calls_of_one_evaluation_equal_one_call(unet, model, chain, sch
 def test_10_reference_bank_equals_in_batch(unet, model, chain, schedule, shared) -> None:
     """The feature cache (reference pass recorded once, then replayed from a bank) gives the
     in-batch outputs, and replayed calls are exactly plain-sized."""
-    from rival_ext.features import FeatureCache
+    from rival_ext.feature_cache import FeatureCache
 
     ref = Reference(chain, text(1), text(1) if shared else text(2))
     params = RivalParams(early_plain=960.0)

@@ -17,11 +17,11 @@ from rival_ext import (
     Reference,
     RivalParams,
     RivalUNet,
-    Role,
     SelfAttentionInjector,
     UNetEps,
     invert,
 )
+from rival_ext.conditioning import Role
 
 ADM = 12
 

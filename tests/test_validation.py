@@ -27,17 +27,16 @@ from rival_ext import (
     ReferencePrompt,
     RivalParams,
     RivalUNet,
-    Role,
     SelfAttentionInjector,
     SwitchRule,
     UNetEps,
     check_schedule,
     invert,
-    latent_mask,
     preset,
-    reference_rows,
 )
+from rival_ext.conditioning import Role, reference_rows
 from rival_ext.image import prepare_reference, to_rgb
+from rival_ext.latent_init import latent_mask
 
 C, U = Role.COND, Role.UNCOND
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,43 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..params import PRESETS, InitLatent, ReferencePrompt, RivalParams, SwitchRule, preset
-
-CUSTOM = "custom"
-
-# Positional order of the panel's controls (append only).
-FIELDS = (
-    "enabled",
-    "reference_image",
-    "use_init_image",
-    "preset",
-    "t_align",
-    "t_early",
-    "early_plain",
-    "reference_prompt",
-    "custom_prompt",
-    "init_latent",
-    "apply_to_hires",
-    "switch_rule",
-    "adain",
-    "show_reconstruction",
-)
-
-REFERENCE_PROMPT_LABELS = {
-    "empty (null prompt)": ReferencePrompt.NULL,
-    "same as the prompt": ReferencePrompt.PROMPT,
-    "custom text": ReferencePrompt.CUSTOM,
-}
-INIT_LATENT_LABELS = {
-    "shuffled inverted latent": InitLatent.SHUFFLED,
-    "inverted latent (editing)": InitLatent.INVERTED,
-    "seed noise": InitLatent.NOISE,
-}
-SWITCH_RULE_LABELS = {
-    "official (t - 1 <= t_align)": SwitchRule.OFFICIAL,
-    "paper (t <= t_align)": SwitchRule.PAPER,
-}
-PRESET_LABELS = {p.title: name for name, p in PRESETS.items()} | {"Custom": CUSTOM}
+from ..params import PRESETS, RivalParams, preset, timestep_value
+from .fields import CUSTOM, FIELDS, PRESET_LABELS, TABLE, panel_value
 
 
 class RivalInputError(ValueError):
@@ -88,28 +52,7 @@ class RivalArgs:
 def panel_defaults(preset_name: str) -> dict[str, object]:
     """The value each panel control starts with (what A1111's API pads script args with)."""
     base = preset(preset_name if preset_name in PRESETS else "variation")
-    p = base.params
-    return {
-        "enabled": False,
-        "reference_image": None,
-        "use_init_image": False,
-        "preset": base.title,
-        "t_align": p.t_align,
-        "t_early": p.t_early,
-        "early_plain": p.early_plain,
-        "reference_prompt": label_of(REFERENCE_PROMPT_LABELS, p.reference_prompt),
-        "custom_prompt": "",
-        "init_latent": label_of(INIT_LATENT_LABELS, p.init_latent),
-        "apply_to_hires": False,
-        "switch_rule": label_of(SWITCH_RULE_LABELS, SwitchRule.OFFICIAL),
-        "adain": True,
-        "show_reconstruction": False,
-    }
-
-
-def label_of(labels: dict, value: object) -> str:
-    """The panel label of an enum value."""
-    return next(label for label, v in labels.items() if v == value)
+    return {f.name: panel_value(f, base) for f in TABLE}
 
 
 def parse_args(args: Sequence[object], default_preset: str = "variation") -> RivalArgs:
@@ -126,44 +69,46 @@ def parse_args(args: Sequence[object], default_preset: str = "variation") -> Riv
 
 
 def parse_named(values: dict[str, object], positional: bool = False) -> RivalArgs:
-    """RivalArgs from named values; a preset supplies every parameter that is not given."""
+    """RivalArgs from named values; a preset supplies every parameter that is not given.
+
+    Only types are checked here; RivalParams validates the parameters' values.
+    """
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise RivalInputError(f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(FIELDS)}")
-    enabled = _bool(values, "enabled", False)
-    preset_name = _preset_name(values.get("preset", "variation"))
-    base = RivalParams() if preset_name == CUSTOM else preset(preset_name).params
+    named: dict[str, object] = {}
     changes: dict[str, object] = {}
-    for name in ("t_align", "t_early", "early_plain"):
-        if values.get(name) is not None:
-            changes[name] = _number(values[name], name)
-    for name, labels in (
-        ("reference_prompt", REFERENCE_PROMPT_LABELS),
-        ("init_latent", INIT_LATENT_LABELS),
-        ("switch_rule", SWITCH_RULE_LABELS),
-    ):
-        if values.get(name) is not None:
-            changes[name] = _choice(values[name], name, labels)
-    if values.get("custom_prompt") is not None:
-        if not isinstance(values["custom_prompt"], str):
-            raise RivalInputError("custom_prompt must be a string")
-        changes["custom_prompt"] = values["custom_prompt"]
-    if values.get("adain") is not None:
-        changes["adain"] = _bool(values, "adain", True)
+    for f in TABLE:
+        value = values.get(f.name)
+        if f.kind == "image":
+            continue
+        if f.kind == "preset":
+            named[f.name] = _preset_name(values.get(f.name, "variation"))
+        elif f.param and value is None:
+            continue
+        elif f.kind == "bool":
+            (changes if f.param else named)[f.name] = _bool(values, f.name, f.default)
+        elif f.kind == "number":
+            changes[f.name] = _library(timestep_value, f.name, value)
+        elif f.kind == "choice":
+            changes[f.name] = _choice(value, f.name, f.choices)
+        elif f.kind == "text":
+            if not isinstance(value, str):
+                raise RivalInputError(f"{f.name} must be a string")
+            changes[f.name] = value
+    base = RivalParams() if named["preset"] == CUSTOM else preset(named["preset"]).params
+    params = _library(base.with_values, **changes)
+    image = values.get("reference_image")
+    named["reference_image"] = decode_image(image) if named["enabled"] and image is not None else None
+    return RivalArgs(params=params, **named)
+
+
+def _library(check: object, *args: object, **kwargs: object) -> object:
+    """Call one of the library's validators; its ValueError becomes a 422."""
     try:
-        params = base.with_values(**changes)
+        return check(*args, **kwargs)
     except ValueError as error:
         raise RivalInputError(str(error)) from None
-    image = values.get("reference_image")
-    return RivalArgs(
-        enabled=enabled,
-        reference_image=decode_image(image) if enabled and image is not None else None,
-        use_init_image=_bool(values, "use_init_image", False),
-        preset=preset_name,
-        params=params,
-        apply_to_hires=_bool(values, "apply_to_hires", False),
-        show_reconstruction=_bool(values, "show_reconstruction", False),
-    )
 
 
 def _check_padding(rest: Sequence[object], defaults: dict[str, object]) -> None:
@@ -217,14 +162,6 @@ def _preset_name(value: object) -> str:
     if name != CUSTOM and name not in PRESETS:
         raise RivalInputError(f"unknown preset {value!r}; known: {', '.join([*PRESETS, CUSTOM])}")
     return name
-
-
-def _number(value: object, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise RivalInputError(f"{name} must be a number in [0, 1000], got {value!r}")
-    if not math.isfinite(value):
-        raise RivalInputError(f"{name} must be a finite number in [0, 1000], got {value!r}")
-    return float(value)
 
 
 def _bool(values: dict[str, object], name: str, default: bool) -> bool:

@@ -22,17 +22,17 @@ from torch import Tensor
 
 from ..adain import adain, adain_denoised
 from ..attention import SelfAttentionInjector
-from ..batching import Reference, ReferenceRowsHook
-from ..cache import ChainCache
 from ..chain import InversionChain, NonFiniteInversion, coarse_schedule, invert, reconstruct
+from ..chain_cache import ChainCache
 from ..conditioning import Role
-from ..features import FeatureCache
+from ..eps_models import KDenoiser
+from ..feature_cache import FeatureCache
 from ..hooks import swap_attribute
 from ..image import prepare_reference
 from ..latent_init import force_keep, initial_latents, inpaint_initial_latent
-from ..models import KDenoiser
-from ..noise import DiscreteSchedule, vp_scale
+from ..noise import DiscreteSchedule, abar_of_sigma, ve_noise_for, ve_to_vp, vp_noise_for
 from ..params import RivalParams
+from ..reference_rows import Reference, ReferenceRowsHook
 from .args import RivalArgs, RivalInputError
 from .model import (
     A1111Eps,
@@ -234,7 +234,7 @@ class RivalJob:
         self.injector = SelfAttentionInjector(unet).__enter__()
         reference = Reference(self.chain, cond, uncond)
         self.rows = ReferenceRowsHook(
-            unet, self.injector, self.params, reference, self.schedule, parameterization_of(sd_model),
+            unet, self.injector, self.params, reference, parameterization_of(sd_model),
             features=feature_cache(self.chain_key),
         ).__enter__()
 
@@ -364,17 +364,16 @@ class RivalJob:
         sigma0 = float(levels.sigmas[0])
         start = start.to(x.device, torch.float32)
         if levels.timesteps:
-            start_vp = start * float(vp_scale(sigma0))
+            start_vp = ve_to_vp(start, sigma0)
             if levels.txt2img:
                 x.copy_(start_vp)
             else:
-                abar = 1.0 / (1.0 + sigma0**2)
-                noise.copy_((start_vp - abar**0.5 * x.float()) / (1 - abar) ** 0.5)
+                noise.copy_(vp_noise_for(start_vp, x.float(), float(abar_of_sigma(sigma0))))
         elif levels.txt2img:
             scale = (1 + sigma0**2) ** 0.5 if getattr(shared.opts, "sgm_noise_multiplier", False) else sigma0
             x.copy_(start / scale)
         else:
-            noise.copy_((start - x.float()) / sigma0)
+            noise.copy_(ve_noise_for(start, x.float(), sigma0))
 
     # -- each model evaluation --------------------------------------------------------------------
 

@@ -15,8 +15,8 @@ from modules import devices, shared
 from torch import Tensor, nn
 
 from ..conditioning import Conditioning
-from ..models import UNetEps
-from ..noise import DiscreteSchedule, vp_scale
+from ..eps_models import UNetEps
+from ..noise import DiscreteSchedule, abar_of_sigma, eps_from_v
 
 
 class UnsupportedModel(Exception):
@@ -145,8 +145,8 @@ class A1111Eps:
             out = self.sd_model.apply_model(z, t.to(z.device, torch.float32), c).float()
         if not self.v:
             return out
-        abar = (vp_scale(self.schedule.t_to_sigma(t)) ** 2).to(z).reshape(-1, 1, 1, 1)
-        return abar.sqrt() * out + (1 - abar).sqrt() * z.float()
+        abar = abar_of_sigma(self.schedule.t_to_sigma(t)).to(z).reshape(-1, 1, 1, 1)
+        return eps_from_v(out, z.float(), abar)
 
 
 def model_identity(sd_model: object) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..params import PRESETS
+from .fields import TABLE, bool_text
 
 OVERRIDES = "rival_overrides"
 
@@ -24,8 +24,7 @@ def setter(name: str, convert: Callable[[object], object]) -> Callable[[object, 
     return apply
 
 
-def _bool(value: object) -> bool:
-    return str(value).strip().lower() in ("true", "1", "yes", "on")
+_bool = bool_text
 
 
 def register_axes() -> bool:
@@ -40,14 +39,8 @@ def register_axes() -> bool:
         return False
     if any(getattr(o, "label", "").startswith("[RIVAL]") for o in module.axis_options):
         return True
-    axis = module.AxisOption
-    module.axis_options.extend(
-        [
-            axis("[RIVAL] Enabled", str, setter("enabled", _bool), choices=lambda: ["True", "False"]),
-            axis("[RIVAL] Preset", str, setter("preset", str), choices=lambda: list(PRESETS)),
-            axis("[RIVAL] t_align", float, setter("t_align", float)),
-            axis("[RIVAL] t_early", float, setter("t_early", float)),
-            axis("[RIVAL] Early plain", float, setter("early_plain", float)),
-        ]
-    )
+    for f in TABLE:
+        if f.axis is not None:
+            label, kind, convert, choices = f.axis
+            module.axis_options.append(module.AxisOption(label, kind, setter(f.name, convert), choices=choices))
     return True

@@ -1,0 +1,24 @@
+// Generated from rival_ext/a1111/fields.py by `python -m rival_ext.a1111.fields`: edit the table there.
+// A1111's hints.js turns the global `titles` map (label text -> tooltip) into hover tooltips.
+(function rivalTitles() {
+    if (typeof titles === "undefined") {
+        window.titles = {};
+    }
+    Object.assign(titles, {
+        "RIVAL": "Generate images that share the content and style of one reference image (RIVAL, NeurIPS 2023).",
+        "Reference image": "The real image whose content and style the generation follows. Any size; it is centre-cropped to your aspect ratio.",
+        "Use the init image as reference": "Use img2img's input image as the reference instead of the upload.",
+        "Application": "An application of the paper; it fills the controls below with the official values.",
+        "t_align (attention switch)": "Self-attention reads only the reference above this timestep, the reference and itself below. Lower = closer to the reference's content (official 600).",
+        "t_early (normalization until)": "Noise statistics follow the reference above this timestep. Lower = closer to the reference's colours (official 600; 400 with ControlNet).",
+        "Early plain steps above": "Above this timestep self-attention is left alone, letting the prompt set the layout first (1000 = never; 960 style transfer, 900 editing).",
+        "Reference prompt": "Text of the reference branch (inversion and attention): empty for style transfer and editing, the prompt for variations.",
+        "Custom reference prompt": "Reference text when 'custom text' is chosen.",
+        "Initial latent": "Start from a seeded shuffle of the inverted reference (variations), from the inverted reference itself (editing), or from ordinary seed noise.",
+        "Apply to the hires pass": "Invert the reference again at the hires size and keep RIVAL on in the second pass.",
+        "Attention switch rule": "When attention switches to [reference, own]: the official code's rule or the paper's.",
+        "Step-wise normalization (AdaIN)": "Normalize the generated noise prediction to the reference's while t > t_early.",
+        "Add the inversion reconstruction to the gallery": "Add the reference, inverted and sampled back, to the gallery: shows how faithful the inversion is for this model and sampler.",
+        "Use the selected result": "Use the image selected in the gallery as the RIVAL reference."
+    });
+})();

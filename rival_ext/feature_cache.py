@@ -1,0 +1,97 @@
+"""Optional cache of the reference rows' self-attention inputs and eps, per model evaluation.
+
+The reference rows' outputs do not depend on the generated rows (they attend only to
+themselves), so once a generation has run them at a given (sigma, t), a later generation with the
+same chain and reference texts can replay their features instead of carrying the rows through
+the UNet: every call is then exactly as large as a plain one. Features stay on the compute device
+while they fit ``device_bytes``; the rest is kept in (pinned) CPU memory and the next evaluation's
+features are copied ahead while the current one runs.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .conditioning import Role
+
+
+@dataclass
+class Recorded:
+    """One reference row at one evaluation: its attn1 inputs (None if not recorded) and eps."""
+
+    features: list[Tensor] | None
+    eps: Tensor | None
+
+
+def evaluation_key(sigma: float, t: float) -> tuple[float, float]:
+    """Identity of a model evaluation, robust to float32/float64 round trips of sigma."""
+    return (round(float(sigma), 6), round(float(t), 4))
+
+
+class FeatureCache:
+    """Recorded reference rows, bounded by ``max_bytes`` (recording stops when full)."""
+
+    def __init__(self, max_bytes: int, device_bytes: int = 0) -> None:
+        self.max_bytes = max_bytes
+        self.device_bytes = device_bytes
+        self.nbytes = 0
+        self.on_device = 0
+        self._items: OrderedDict[tuple, Recorded] = OrderedDict()
+        self._prefetched: dict[tuple, list[Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def has(self, key: tuple, role: Role, need_features: bool) -> bool:
+        """Whether the row is stored (with its features, when attention needs them)."""
+        item = self._items.get((*key, role))
+        return item is not None and (item.features is not None or not need_features)
+
+    def put(self, key: tuple, role: Role, features: list[Tensor] | None, eps: Tensor | None) -> bool:
+        """Store a row unless the cache is full; keeps what is already stored for that row."""
+        old = self._items.get((*key, role))
+        if old is not None and (old.features is not None or features is None):
+            return True
+        size = sum(f.numel() * f.element_size() for f in features or []) + (eps.numel() * eps.element_size()
+                                                                             if eps is not None else 0)
+        if self.nbytes + size > self.max_bytes:
+            return False
+        if features is not None and self.on_device + size > self.device_bytes:
+            features = [_offload(f) for f in features]
+        elif features is not None:
+            self.on_device += size
+        self.nbytes += size
+        self._items[(*key, role)] = Recorded(features, eps)
+        return True
+
+    def eps(self, key: tuple, role: Role) -> Tensor | None:
+        """The stored eps of a reference row (the AdaIN target for the cond row)."""
+        item = self._items.get((*key, role))
+        return None if item is None else item.eps
+
+    def banked(self, key: tuple, roles: tuple[Role, ...], device: torch.device) -> list[Tensor]:
+        """Per layer, the features of ``roles`` stacked as rows, on ``device``; prefetches the next key."""
+        per_role = [self._prefetched.pop((*key, r), None) or self._items[(*key, r)].features for r in roles]
+        layers = [torch.cat([feats[i].to(device, non_blocking=True) for feats in per_role])
+                  for i in range(len(per_role[0]))]
+        self._prefetch_after(key, roles, device)
+        return layers
+
+    def _prefetch_after(self, key: tuple, roles: tuple[Role, ...], device: torch.device) -> None:
+        if device.type != "cuda":
+            return
+        keys = list(self._items)
+        index = keys.index((*key, roles[-1]))
+        for later in keys[index + 1 : index + 1 + len(roles)]:
+            item = self._items[later]
+            if item.features is not None and later not in self._prefetched:
+                self._prefetched[later] = [f.to(device, non_blocking=True) for f in item.features]
+
+
+def _offload(t: Tensor) -> Tensor:
+    cpu = t.detach().to("cpu")
+    return cpu.pin_memory() if torch.cuda.is_available() else cpu

@@ -1,0 +1,105 @@
+"""The field table is the only source: the browser's tooltips, the panel, its presets, the infotext
+and the X/Y/Z axes must all say what the table says."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import a1111_harness  # noqa: F401 (puts the A1111 stub on sys.path)
+import pytest
+
+from rival_ext.a1111 import fields
+from rival_ext.a1111.args import panel_defaults, parse_named
+from rival_ext.a1111.fields import FIELD, FIELDS, PRESET_OUTPUTS, TABLE
+from rival_ext.params import PRESETS, RivalParams
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_browser_gets_the_tables_tooltips() -> None:
+    committed = (ROOT / fields.TITLES_JS).read_text(encoding="utf-8")
+    assert committed == fields.titles_js(), "run `python -m rival_ext.a1111.fields` to regenerate it"
+    assert "Object.assign(titles" not in (ROOT / "javascript" / "rival.js").read_text(encoding="utf-8")
+
+
+def test_every_row_is_complete() -> None:
+    assert len(set(FIELDS)) == len(TABLE) and len({f.label for f in TABLE}) == len(TABLE)
+    for f in TABLE:
+        assert f.label and f.hint.endswith(".") and f.kind in ("bool", "image", "preset", "number", "choice", "text")
+        assert (f.choices is not None) == (f.kind in ("choice", "preset")) and (f.range is not None) == (
+            f.kind == "number")
+        assert f.param == hasattr(RivalParams(), f.name)
+        assert (f.write is None) == (f.key is None)
+
+
+def _built_panel(a1111):
+    _, module = a1111
+    import gradio as gr
+
+    script = module.RivalScript()
+    script.is_img2img = False
+    with gr.Blocks() as demo:
+        components = script.ui(False)
+    return script, dict(zip(FIELDS, components)), demo
+
+
+def test_the_panel_shows_the_tables_labels_values_and_info(a1111) -> None:
+    from rival_ext.a1111.settings import default_preset
+
+    _, components, demo = _built_panel(a1111)
+    defaults = panel_defaults(default_preset())  # the panel starts with the Settings' preset
+    for name, component in components.items():
+        f = FIELD[name]
+        assert component.label == f.label and component.value == defaults[name]
+        if name != "enabled":
+            assert component.info == (f.hint if f.info else None)
+        if f.choices is not None:
+            assert [c[0] if isinstance(c, tuple) else c for c in component.choices] == list(f.choices)
+    shown = {getattr(block, "label", None) for block in demo.blocks.values()}
+    shown |= {getattr(block, "value", None) for block in demo.blocks.values()}
+    assert set(fields.titles()) <= shown, "a tooltip is keyed by a label the panel does not show"
+
+
+@pytest.mark.parametrize("name", [*PRESETS, "nonexistent"])
+def test_a_preset_fills_exactly_the_tables_preset_controls(name) -> None:
+    from rival_ext.a1111.ui import preset_values
+
+    title = PRESETS[name].title if name in PRESETS else name
+    values = preset_values(title)
+    assert len(values) == len(PRESET_OUTPUTS) == 5
+    if name in PRESETS:
+        defaults = panel_defaults(name)
+        assert values == [defaults[output] for output in PRESET_OUTPUTS]
+
+
+def test_infotext_written_from_the_table_pastes_back(a1111) -> None:
+    from rival_ext.a1111.infotext import generation_params
+
+    script, components, _ = _built_panel(a1111)
+    args = parse_named({"enabled": True, "preset": "custom", "t_align": 450.5, "reference_prompt": "custom",
+                        "custom_prompt": "a dog", "init_latent": "noise", "switch_rule": "paper", "adain": False,
+                        "apply_to_hires": True})
+    written = {k: str(v) for k, v in generation_params(args, "abc").items()}
+    pasted = {FIELDS[list(components.values()).index(c)]: (key(written) if callable(key) else written.get(key))
+              for c, key in script.infotext_fields}
+    assert pasted == {
+        "enabled": True, "preset": "Custom", "t_align": "450.5", "t_early": "600", "early_plain": "1000",
+        "reference_prompt": "custom text", "custom_prompt": "a dog", "init_latent": "seed noise",
+        "apply_to_hires": True, "switch_rule": "paper (t <= t_align)", "adain": False,
+    }
+
+
+def test_the_xyz_axes_are_the_tables(monkeypatch) -> None:
+    from collections import namedtuple
+
+    from modules import scripts
+
+    from rival_ext.a1111 import xyz
+
+    axis = namedtuple("AxisOption", ["label", "type", "apply", "choices"], defaults=[None])
+    xyz_module = types.SimpleNamespace(AxisOption=axis, axis_options=[])
+    entry = types.SimpleNamespace(script_class=type("Script", (), {"__module__": "xyz_grid.py"}), module=xyz_module)
+    monkeypatch.setattr(scripts, "scripts_data", [entry], raising=False)
+    assert xyz.register_axes()
+    assert [o.label for o in xyz_module.axis_options] == [f.axis[0] for f in TABLE if f.axis]
