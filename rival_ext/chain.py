@@ -56,9 +56,11 @@ class InversionChain:
         return min(k, self.steps - 1)
 
     def node_index(self, sigma: float) -> int | None:
-        """Index of the node at sigma (relative tolerance for float32 schedules), else None."""
-        close = ((self.sigmas - float(sigma)).abs() <= NODE_RTOL * self.sigmas.clamp(min=1e-12)).nonzero()
-        return int(close[0]) if len(close) else None
+        """Index of the node at sigma (relative tolerance for float32 schedules; the nearest of two), else None."""
+        distance = (self.sigmas - float(sigma)).abs()
+        if not (distance <= NODE_RTOL * self.sigmas.clamp(min=1e-12)).any():
+            return None
+        return int(distance.argmin())
 
     def reference_at(self, sigma: float) -> Tensor:
         """The reference's VE latent at sigma: the node itself on the grid, the segment rule off it."""

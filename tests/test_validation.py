@@ -512,3 +512,10 @@ def test_property_invert_and_reference_at(values, end, probes, single, shuffle) 
         ref = chain.reference_at(sigma)
         assert ref.shape == latent.shape[1:] and torch.isfinite(ref).all()
         assert torch.isfinite(chain.reference_vp(sigma)).all()
+
+
+def test_reference_at_a_node_picks_the_nearest_of_two_close_nodes() -> None:
+    """Two nodes within the float32 tolerance of each other (found by the property test above)."""
+    chain = invert(z0(torch.float64), GaussianDenoiser(), [1.0, 0.99999])
+    assert torch.equal(chain.reference_at(0.99999), chain.nodes[1])
+    assert torch.equal(chain.reference_at(1.0), chain.nodes[0])
