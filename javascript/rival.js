@@ -8,3 +8,21 @@ function rivalSelectedResult(tab, gallery) {
     const index = typeof selected_gallery_index === "function" ? selected_gallery_index() : 0;
     return [Math.max(index, 0), gallery];
 }
+
+// hints.js attaches a title only to a SPAN/BUTTON/P/INPUT/LI whose own text equals a `titles` key:
+// the reference image's label is a DIV and the button's text carries a leading space, so these two
+// get their tooltip from the same `titles` map here, by element id.
+onUiLoaded(function rivalElementTitles() {
+    for (const tab of ["txt2img", "img2img"]) {
+        const targets = {
+            [`script_${tab}_rival_reference_image`]: "Reference image",
+            [`script_${tab}_rival_use_result`]: "Use the selected result",
+        };
+        for (const [id, key] of Object.entries(targets)) {
+            const element = gradioApp().getElementById(id);
+            if (element && titles[key]) {
+                element.title = titles[key];
+            }
+        }
+    }
+});

@@ -217,9 +217,12 @@ def test_infotext_is_pasted_back_into_the_panel(a1111):
     for component, key in script.infotext_fields:
         value = key(params) if callable(key) else params.get(key)
         values[FIELDS[components.index(component)]] = value
-    assert values["enabled"] is True and values["preset"] == "Editing"
+    # t_align 500 is not the Editing preset's: the infotext records Custom with every value used
+    assert values["enabled"] is True and values["preset"] == "Custom"
     assert float(values["t_align"]) == 500 and float(values["early_plain"]) == 900
     assert values["init_latent"] == "inverted latent (editing)"
+    _, result = txt2img(module, enabled(preset="editing"))
+    assert "RIVAL: editing" in result.info
 
 
 def test_the_panel_builds_for_the_api_defaults(a1111):
@@ -362,9 +365,12 @@ def test_use_the_selected_result_reads_every_gallery_form(tmp_path):
     reference_image().save(buffer, format="PNG")
     data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     expected = np.asarray(reference_image())
-    for gallery, index in (([{"name": str(path)}], 0), ([[str(path), "caption"]], 0), ([str(path), data_url], 1)):
+    cache_busted = f"{path}?1796046821.18"  # A1111's gallery paths end in ?<mtime>
+    for gallery, index in (([{"name": str(path)}], 0), ([[str(path), "caption"]], 0), ([str(path), data_url], 1),
+                           ([{"name": cache_busted, "data": None, "is_file": True}], 0), ([cache_busted], 0)):
         assert np.array_equal(np.asarray(selected_image(index, gallery).convert("RGB")), expected)
-    assert selected_image(0, []) == gr.update()
+    with pytest.warns(UserWarning, match="gallery is empty"):  # gr.Warning: a toast in the browser
+        assert selected_image(0, []) == gr.update()
 
 
 def test_with_a_controlnet_style_unet_forward_the_reference_runs_apart(a1111):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..params import PRESETS, RivalParams, preset, timestep_value
+from ..params import PRESETS, ReferencePrompt, RivalParams, preset, timestep_value
 from .fields import CUSTOM, FIELDS, PRESET_LABELS, TABLE, panel_value
 
 
@@ -98,9 +98,18 @@ def parse_named(values: dict[str, object], positional: bool = False) -> RivalArg
             changes[f.name] = value
     base = RivalParams() if named["preset"] == CUSTOM else preset(named["preset"]).params
     params = _library(base.with_values, **changes)
+    if not same_as_preset(params, base):
+        named["preset"] = CUSTOM  # the infotext's preset must describe the values used
     image = values.get("reference_image")
     named["reference_image"] = decode_image(image) if named["enabled"] and image is not None else None
     return RivalArgs(params=params, **named)
+
+
+def same_as_preset(params: RivalParams, base: RivalParams) -> bool:
+    """Whether ``params`` are the preset's (the custom text counts only when it is the reference text)."""
+    if params.reference_prompt is not ReferencePrompt.CUSTOM:
+        params = params.with_values(custom_prompt=base.custom_prompt)
+    return params == base
 
 
 def _library(check: object, *args: object, **kwargs: object) -> object:

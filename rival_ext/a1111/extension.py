@@ -48,7 +48,10 @@ def start(p: object, args: Sequence[object], default_preset: str = "variation") 
     job = RivalJob(p, parsed)
     job.wrap_sample()
     setattr(p, JOB_ATTRIBUTE, job)
-    image_hash = pixel_hash(parsed.reference_image) if parsed.reference_image is not None else "init image"
+    reference = parsed.reference_image
+    if parsed.use_init_image and getattr(p, "init_images", None):
+        reference = p.init_images[0]
+    image_hash = pixel_hash(reference) if reference is not None else "init image"
     p.extra_generation_params.update(generation_params(parsed, image_hash))
 
 

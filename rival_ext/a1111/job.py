@@ -62,10 +62,9 @@ def feature_cache(chain_key: tuple) -> FeatureCache | None:
         return None
     if chain_key not in FEATURES:
         FEATURES.clear()
-        FEATURES[chain_key] = FeatureCache(
-            int(getattr(opts, "rival_feature_cache_mb", 4096)) * 2**20,
-            int(getattr(opts, "rival_feature_cache_gpu_mb", 1024)) * 2**20 if devices.device.type == "cuda" else 0,
-        )
+        total = int(getattr(opts, "rival_feature_cache_mb", 4096)) * 2**20
+        on_gpu = int(getattr(opts, "rival_feature_cache_gpu_mb", 1024)) * 2**20 if devices.device.type == "cuda" else 0
+        FEATURES[chain_key] = FeatureCache(total, min(on_gpu, total))  # "of which on the GPU" is part of the total
     return FEATURES[chain_key]
 
 

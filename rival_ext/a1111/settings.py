@@ -15,8 +15,8 @@ def add_settings() -> None:
 
     options = {
         "rival_default_preset": shared.OptionInfo(
-            "variation", "Default RIVAL application preset", gr.Dropdown,
-            {"choices": list(PRESETS)}, section=SECTION,
+            PRESETS["variation"].title, "Default RIVAL application preset", gr.Dropdown,
+            {"choices": [p.title for p in PRESETS.values()]}, section=SECTION,
         ).needs_reload_ui(),
         "rival_chain_cache_entries": shared.OptionInfo(
             4, "Inversion chains kept in memory (0 = invert every time)", gr.Slider,
@@ -45,7 +45,7 @@ def add_settings() -> None:
             {"minimum": 256, "maximum": 32768, "step": 256}, section=SECTION,
         ),
         "rival_feature_cache_gpu_mb": shared.OptionInfo(
-            1024, "Of which on the GPU (MB); the rest waits in pinned CPU memory and is prefetched",
+            1024, "Of which on the GPU (MB, at most the total); the rest waits in pinned CPU memory and is prefetched",
             gr.Slider, {"minimum": 0, "maximum": 32768, "step": 256}, section=SECTION,
         ),
     }
@@ -64,8 +64,9 @@ def apply_cache_settings() -> None:
 
 
 def default_preset() -> str:
-    """The preset the panel starts with."""
+    """The preset the panel starts with (the setting holds its title; older settings its name)."""
     from modules import shared
 
-    name = getattr(shared.opts, "rival_default_preset", "variation")
-    return name if name in PRESETS else "variation"
+    value = getattr(shared.opts, "rival_default_preset", "variation")
+    name = next((name for name, p in PRESETS.items() if value in (name, p.title)), None)
+    return name or "variation"

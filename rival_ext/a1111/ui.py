@@ -8,11 +8,39 @@ and grey info lines come from the field table; only the layout is here.
 
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 
-from ..params import PRESETS, preset
-from .args import panel_defaults
+from ..params import PRESETS, ReferencePrompt, preset
+from .args import panel_defaults, parse_named, same_as_preset
 from .fields import FIELD, FIELDS, KEEP, PRESET_LABELS, PRESET_OUTPUTS, TABLE, panel_value
+
+# The controls whose value a preset fixes: moving one by hand makes the panel's preset "Custom".
+PRESET_EDITS = (*PRESET_OUTPUTS, "switch_rule", "adain", "custom_prompt")
+IMG2IMG_ONLY = ("inpainting",)  # presets that need img2img's inpaint tab
+
+
+def preset_after_edit(title: str, *values: object) -> object:
+    """The preset box after the user moved a control: "Custom" once the values are not the preset's."""
+    name = PRESET_LABELS.get(title, title)
+    if name not in PRESETS:
+        return gr.update()
+    edited = dict(zip(PRESET_EDITS, values))
+    try:
+        params = parse_named({"preset": name, **edited}).params
+    except ValueError:
+        return gr.update(value="Custom")
+    return gr.update() if same_as_preset(params, preset(name).params) else gr.update(value="Custom")
+
+
+def custom_prompt_visibility(reference_prompt: str) -> object:
+    """The custom reference text is shown only while "custom text" is the reference prompt."""
+    return gr.update(visible=_is_custom(reference_prompt))
+
+
+def _is_custom(reference_prompt: str) -> bool:
+    return FIELD["reference_prompt"].choices.get(reference_prompt) is ReferencePrompt.CUSTOM
 
 
 def preset_values(title: str) -> list[object]:
@@ -48,14 +76,15 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
             with gr.Column():
                 use_result = gr.Button("Use the selected result", elem_id=elem("use_result"))
                 result_index = gr.Number(value=0, visible=False)
-                preset_box = gr.Dropdown(**_props("preset", values, elem))
+                preset_box = gr.Dropdown(**_preset_props(is_img2img, values, elem))
                 use_init_image = gr.Checkbox(visible=is_img2img, **_props("use_init_image", values, elem))
                 apply_to_hires = gr.Checkbox(visible=not is_img2img, **_props("apply_to_hires", values, elem))
         t_align = gr.Slider(**_props("t_align", values, elem))
         t_early = gr.Slider(**_props("t_early", values, elem))
         early_plain = gr.Slider(**_props("early_plain", values, elem))
         reference_prompt = gr.Radio(**_props("reference_prompt", values, elem))
-        custom_prompt = gr.Textbox(lines=1, **_props("custom_prompt", values, elem))
+        custom_prompt = gr.Textbox(lines=1, visible=_is_custom(values["reference_prompt"]),
+                                   **_props("custom_prompt", values, elem))
         init_latent = gr.Radio(**_props("init_latent", values, elem))
         with gr.Accordion("Advanced", open=False):
             switch_rule = gr.Radio(**_props("switch_rule", values, elem))
@@ -68,7 +97,13 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
         "apply_to_hires": apply_to_hires, "switch_rule": switch_rule, "adain": adain,
         "show_reconstruction": show_reconstruction,
     }
-    preset_box.change(preset_values, inputs=[preset_box], outputs=[components[name] for name in PRESET_OUTPUTS])
+    # .input fires on the user's own changes only: a pasted infotext (which sets the preset and every
+    # value) must not be overwritten by the preset's defaults, nor switch the preset to Custom.
+    preset_box.input(preset_values, inputs=[preset_box], outputs=[components[name] for name in PRESET_OUTPUTS])
+    edits = [components[name] for name in PRESET_EDITS]
+    for control in edits:
+        control.input(preset_after_edit, inputs=[preset_box, *edits], outputs=[preset_box])
+    reference_prompt.change(custom_prompt_visibility, inputs=[reference_prompt], outputs=[custom_prompt])
     script.rival_result_button = (use_result, result_index, reference_image)
     script.infotext_fields = infotext_fields(components)
     script.paste_field_names = [key for _, key in script.infotext_fields if isinstance(key, str)]
@@ -83,12 +118,16 @@ def connect_gallery(script: object, gallery: object) -> None:
 
 
 def selected_image(index: float, gallery: list | None) -> object:
-    """The gallery item at ``index`` as a PIL image (gradio 3 gives paths, dicts or data URLs)."""
+    """The gallery item at ``index`` as a PIL image (gradio 3 gives paths, dicts or data URLs).
+
+    A1111's gallery paths end in a ``?<mtime>`` cache-buster, which is not part of the file name.
+    """
     from PIL import Image
 
     from .args import decode_image
 
     if not gallery:
+        gr.Warning("RIVAL: the gallery is empty; generate an image first, then select it")
         return gr.update()
     item = gallery[min(max(int(index or 0), 0), len(gallery) - 1)]
     if isinstance(item, (list, tuple)):
@@ -96,8 +135,18 @@ def selected_image(index: float, gallery: list | None) -> object:
     if isinstance(item, dict):
         item = item.get("name") or item.get("data")
     if isinstance(item, str) and not item.startswith("data:"):
-        return Image.open(item).convert("RGB")
+        path = item if os.path.exists(item) else item.rsplit("?", 1)[0]
+        return Image.open(path).convert("RGB")
     return decode_image(item)
+
+
+def _preset_props(is_img2img: bool, values: dict[str, object], elem: object) -> dict[str, object]:
+    """The preset box; txt2img does not offer the presets that need img2img (unless it is the default)."""
+    props = _props("preset", values, elem)
+    if not is_img2img:
+        props["choices"] = [title for title in props["choices"]
+                            if PRESET_LABELS[title] not in IMG2IMG_ONLY or title == values["preset"]]
+    return props
 
 
 def infotext_fields(components: dict) -> list[tuple[object, object]]:

@@ -1,0 +1,108 @@
+"""The panel's own logic as a user meets it: presets vs pasted values, Custom, visibility, settings."""
+
+from __future__ import annotations
+
+import a1111_harness  # noqa: F401 (puts the A1111 stub on sys.path)
+import gradio as gr
+import pytest
+from a1111_harness import enabled, img2img, txt2img
+from modules import shared
+
+from rival_ext.a1111.fields import FIELD, FIELDS
+from rival_ext.a1111.ui import PRESET_EDITS, custom_prompt_visibility, preset_after_edit
+from rival_ext.image import pixel_hash
+
+
+def _panel(module, is_img2img: bool = False):
+    script = module.RivalScript()
+    script.is_img2img = is_img2img
+    with gr.Blocks() as demo:
+        components = dict(zip(FIELDS, script.ui(is_img2img)))
+    return components, demo
+
+
+def _triggers(demo, component) -> set[str]:
+    """The events that run a handler of ``component`` (gradio 3.41's config: targets + trigger)."""
+    return {d["trigger"] for d in demo.get_config_file()["dependencies"] if component._id in d["targets"]}
+
+
+def test_a_pasted_infotext_is_not_overwritten_by_the_preset(a1111):
+    """A1111 pastes values, then runs every .change handler: the preset refills only on the user's input."""
+    _, module = a1111
+    components, demo = _panel(module)
+    assert _triggers(demo, components["preset"]) == {"input"}
+    for name in PRESET_EDITS:
+        assert "input" in _triggers(demo, components[name])
+
+
+def _edits(title: str, **changed) -> list[object]:
+    from rival_ext.a1111.args import panel_defaults
+    from rival_ext.a1111.fields import PRESET_LABELS
+
+    values = panel_defaults(PRESET_LABELS[title])
+    return [changed.get(name, values[name]) for name in PRESET_EDITS]
+
+
+def test_moving_a_control_away_from_the_preset_switches_to_custom():
+    assert preset_after_edit("Editing", *_edits("Editing", t_align=500)) == gr.update(value="Custom")
+    assert preset_after_edit("Editing", *_edits("Editing", adain=False)) == gr.update(value="Custom")
+    assert preset_after_edit("Editing", *_edits("Editing")) == gr.update()  # back on the preset's values
+    assert preset_after_edit("Editing", *_edits("Editing", custom_prompt="a text")) == gr.update()  # not in use
+    assert preset_after_edit("Custom", *_edits("Editing", t_align=500)) == gr.update()
+
+
+def test_the_recorded_preset_describes_the_values_used(a1111):
+    _, module = a1111
+    _, moved = txt2img(module, enabled(preset="variation", t_early=300))
+    assert "RIVAL: custom" in moved.info and "RIVAL t_early: 300" in moved.info
+
+
+def test_the_custom_prompt_box_shows_only_for_custom_text(a1111):
+    _, module = a1111
+    components, _ = _panel(module)
+    assert components["custom_prompt"].visible is False
+    labels = list(FIELD["reference_prompt"].choices)
+    assert custom_prompt_visibility("custom text") == gr.update(visible=True)
+    others = [label for label in labels if label != "custom text"]
+    assert all(custom_prompt_visibility(label) == gr.update(visible=False) for label in others)
+
+
+def test_txt2img_does_not_offer_the_inpainting_preset(a1111):
+    _, module = a1111
+    txt, _ = _panel(module, is_img2img=False)
+    img, _ = _panel(module, is_img2img=True)
+    assert "Inpainting" not in txt["preset"].choices and "Inpainting" in img["preset"].choices
+
+
+@pytest.mark.parametrize("stored", ["Prompt-guided (style transfer)", "prompt_guided"])
+def test_the_default_preset_setting_shows_titles_and_reads_old_names(stored):
+    from rival_ext.a1111.settings import add_settings, default_preset
+
+    add_settings()
+    titles = shared.opts.data_labels["rival_default_preset"].component_args["choices"]
+    assert "Prompt-guided (style transfer)" in titles and "prompt_guided" not in titles
+    shared.opts.data["rival_default_preset"] = stored
+    assert default_preset() == "prompt_guided"
+
+
+def test_the_init_image_as_reference_is_recorded_by_its_hash(a1111):
+    _, module = a1111
+    p, result = img2img(module, {"enabled": True, "use_init_image": True})
+    assert f"RIVAL reference: {pixel_hash(p.init_images[0])}" in result.info
+
+
+def test_the_gpu_part_of_the_feature_cache_never_exceeds_the_total(monkeypatch):
+    from types import SimpleNamespace
+
+    from modules import devices
+
+    from rival_ext.a1111 import job
+
+    monkeypatch.setattr(devices, "device", SimpleNamespace(type="cuda"))
+    shared.opts.data.update(rival_feature_cache=True, rival_feature_cache_mb=512, rival_feature_cache_gpu_mb=2048)
+    try:
+        cache = job.feature_cache(("key",))
+        assert cache.device_bytes == 512 * 2**20
+    finally:
+        shared.opts.data.update(rival_feature_cache=False)
+        job.FEATURES.clear()
