@@ -19,6 +19,8 @@
         "Attention switch rule": "When attention switches to [reference, own]: the official code's rule or the paper's.",
         "Step-wise normalization (AdaIN)": "Normalize the generated noise prediction to the reference's while t > t_early.",
         "Add the inversion reconstruction to the gallery": "Add the reference, inverted and sampled back, to the gallery: shows how faithful the inversion is for this model and sampler.",
-        "Use the selected result": "Use the image selected in the gallery as the RIVAL reference."
+        "Official CFG, steps and sampler": "Also sample with the paper's settings for the preset: its CFG scale (5 for variations, 7 otherwise), 50 steps and the DDIM sampler.",
+        "Use the selected result": "Use the image selected in the gallery as the RIVAL reference.",
+        "Use the official CFG, steps and sampler": "Set this tab's CFG scale, steps and sampler to the paper's settings for the chosen preset (5 or 7, 50 steps, DDIM)."
     });
 })();

@@ -20,6 +20,7 @@ class RivalScript(scripts.Script):
     def after_component(self, component, **kwargs):
         if kwargs.get("elem_id") in ("txt2img_gallery", "img2img_gallery"):
             ui.connect_gallery(self, component)
+        ui.collect_sampling_control(self, component, kwargs.get("elem_id"))
 
     def process(self, p, *args):
         settings.apply_cache_settings()

@@ -106,3 +106,32 @@ def test_the_gpu_part_of_the_feature_cache_never_exceeds_the_total(monkeypatch):
     finally:
         shared.opts.data.update(rival_feature_cache=False)
         job.FEATURES.clear()
+
+
+def test_the_official_settings_api_field_samples_as_the_paper(a1111):
+    _, module = a1111
+    p, result = txt2img(module, enabled(preset="variation", official_settings=True), steps=6)
+    assert (p.steps, p.cfg_scale, p.sampler_name) == (50, 5.0, "DDIM")
+    assert "Steps: 50" in result.info and "Sampler: DDIM" in result.info and "CFG scale: 5.0" in result.info
+    p, _ = txt2img(module, enabled(preset="editing"), steps=6)
+    assert (p.steps, p.sampler_name) == (6, "Euler")  # off by default
+
+
+def test_the_official_settings_button_sets_the_tabs_controls(a1111):
+    """A1111 creates its steps/CFG/sampler/schedule controls (elem_id ``txt2img_...``) beside the panel."""
+    from rival_ext.a1111.ui import official_values
+
+    _, module = a1111
+    script = module.RivalScript()
+    script.is_img2img = False
+    with gr.Blocks() as demo:
+        controls = {name: gr.Textbox(elem_id=f"txt2img_{name}") for name in ("steps", "cfg_scale", "sampling",
+                                                                               "scheduler")}
+        for name, control in controls.items():
+            script.after_component(control, elem_id=f"txt2img_{name}")
+        script.ui(False)
+    button = script.rival_official_button[0]
+    clicks = [d for d in demo.get_config_file()["dependencies"] if button._id in d["targets"]]
+    assert len(clicks) == 1 and clicks[0]["outputs"] == [c._id for c in controls.values()]
+    assert official_values("Variation") == [50, 5.0, "DDIM", "Automatic"]
+    assert official_values("Editing") == [50, 7.0, "DDIM", "Automatic"]

@@ -47,6 +47,7 @@ class RivalArgs:
     params: RivalParams = field(default_factory=RivalParams)
     apply_to_hires: bool = False
     show_reconstruction: bool = False
+    official_settings: bool = False
 
 
 def panel_defaults(preset_name: str) -> dict[str, object]:

@@ -15,6 +15,7 @@ from ..image import pixel_hash
 from .args import FIELDS, RivalInputError, parse_args
 from .infotext import generation_params
 from .job import RivalJob
+from .official import apply_official_settings
 from .xyz import overrides_of
 
 JOB_ATTRIBUTE = "rival_job"
@@ -45,6 +46,8 @@ def start(p: object, args: Sequence[object], default_preset: str = "variation") 
     except Exception as error:  # A1111 would swallow it and run without RIVAL: stop instead
         _refuse(p, RivalInputError(f"could not read the panel's values: {error}"))
         return
+    if parsed.official_settings:
+        apply_official_settings(p, parsed.preset)
     job = RivalJob(p, parsed)
     job.wrap_sample()
     setattr(p, JOB_ATTRIBUTE, job)

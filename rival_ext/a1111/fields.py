@@ -212,6 +212,12 @@ TABLE: tuple[Field, ...] = (
         "faithful the inversion is for this model and sampler.",
         default=False,
     ),
+    Field(
+        "official_settings", "bool", "Official CFG, steps and sampler",
+        "Also sample with the paper's settings for the preset: its CFG scale (5 for variations, 7 "
+        "otherwise), 50 steps and the DDIM sampler.",
+        default=False,
+    ),
 )
 
 FIELD: dict[str, Field] = {f.name: f for f in TABLE}
@@ -219,7 +225,11 @@ FIELDS: tuple[str, ...] = tuple(FIELD)
 # The controls the panel refills when the preset changes.
 PRESET_OUTPUTS: tuple[str, ...] = tuple(f.name for f in TABLE if f.default is FROM_PRESET)
 # Tooltips of the panel's controls that are not fields.
-EXTRA_TITLES = {"Use the selected result": "Use the image selected in the gallery as the RIVAL reference."}
+EXTRA_TITLES = {
+    "Use the selected result": "Use the image selected in the gallery as the RIVAL reference.",
+    "Use the official CFG, steps and sampler": "Set this tab's CFG scale, steps and sampler to the paper's "
+    "settings for the chosen preset (5 or 7, 50 steps, DDIM).",
+}
 
 
 def panel_value(f: Field, base: Preset) -> object:

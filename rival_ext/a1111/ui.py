@@ -15,7 +15,10 @@ import gradio as gr
 from ..params import PRESETS, ReferencePrompt, preset
 from .args import panel_defaults, parse_named, same_as_preset
 from .fields import FIELD, FIELDS, KEEP, PRESET_LABELS, PRESET_OUTPUTS, TABLE, panel_value
+from .official import official_settings
 
+# A1111's controls (elem_id after the tab name) that "Use the official ..." sets, and the p attribute of each.
+SAMPLING_CONTROLS = {"steps": "steps", "cfg_scale": "cfg_scale", "sampling": "sampler_name", "scheduler": "scheduler"}
 # The controls whose value a preset fixes: moving one by hand makes the panel's preset "Custom".
 PRESET_EDITS = (*PRESET_OUTPUTS, "switch_rule", "adain", "custom_prompt")
 IMG2IMG_ONLY = ("inpainting",)  # presets that need img2img's inpaint tab
@@ -75,6 +78,7 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
             reference_image = gr.Image(type="pil", **_props("reference_image", values, elem))
             with gr.Column():
                 use_result = gr.Button("Use the selected result", elem_id=elem("use_result"))
+                use_official = gr.Button("Use the official CFG, steps and sampler", elem_id=elem("use_official"))
                 result_index = gr.Number(value=0, visible=False)
                 preset_box = gr.Dropdown(**_preset_props(is_img2img, values, elem))
                 use_init_image = gr.Checkbox(visible=is_img2img, **_props("use_init_image", values, elem))
@@ -90,12 +94,13 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
             switch_rule = gr.Radio(**_props("switch_rule", values, elem))
             adain = gr.Checkbox(**_props("adain", values, elem))
             show_reconstruction = gr.Checkbox(**_props("show_reconstruction", values, elem))
+        official_settings = gr.Checkbox(visible=False, **_props("official_settings", values, elem))  # API only
     components = {
         "enabled": enabled, "reference_image": reference_image, "use_init_image": use_init_image,
         "preset": preset_box, "t_align": t_align, "t_early": t_early, "early_plain": early_plain,
         "reference_prompt": reference_prompt, "custom_prompt": custom_prompt, "init_latent": init_latent,
         "apply_to_hires": apply_to_hires, "switch_rule": switch_rule, "adain": adain,
-        "show_reconstruction": show_reconstruction,
+        "show_reconstruction": show_reconstruction, "official_settings": official_settings,
     }
     # .input fires on the user's own changes only: a pasted infotext (which sets the preset and every
     # value) must not be overwritten by the preset's defaults, nor switch the preset to Custom.
@@ -105,9 +110,37 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
         control.input(preset_after_edit, inputs=[preset_box, *edits], outputs=[preset_box])
     reference_prompt.change(custom_prompt_visibility, inputs=[reference_prompt], outputs=[custom_prompt])
     script.rival_result_button = (use_result, result_index, reference_image)
+    script.rival_official_button = (use_official, preset_box)
+    connect_official(script)
     script.infotext_fields = infotext_fields(components)
     script.paste_field_names = [key for _, key in script.infotext_fields if isinstance(key, str)]
     return [components[name] for name in FIELDS]
+
+
+def collect_sampling_control(script: object, component: object, elem_id: str | None) -> None:
+    """Keep A1111's steps, CFG, sampler and schedule controls of the script's tab (``after_component``)."""
+    tab = "img2img" if getattr(script, "is_img2img", False) else "txt2img"
+    name = (elem_id or "").removeprefix(f"{tab}_")
+    if name in SAMPLING_CONTROLS and elem_id != name:
+        controls = vars(script).setdefault("rival_sampling_controls", {})
+        controls[name] = component
+        connect_official(script)
+
+
+def connect_official(script: object) -> None:
+    """Wire "Use the official CFG, steps and sampler" once the button and A1111's controls all exist."""
+    button, preset_box = getattr(script, "rival_official_button", (None, None))
+    controls = getattr(script, "rival_sampling_controls", {})
+    if button is None or getattr(script, "rival_official_wired", False) or set(controls) != set(SAMPLING_CONTROLS):
+        return
+    button.click(official_values, inputs=[preset_box], outputs=[controls[name] for name in SAMPLING_CONTROLS])
+    script.rival_official_wired = True
+
+
+def official_values(title: str) -> list[object]:
+    """The official settings of the shown preset, in the order of ``SAMPLING_CONTROLS``."""
+    settings = official_settings(PRESET_LABELS.get(title, title))
+    return [settings[SAMPLING_CONTROLS[name]] for name in SAMPLING_CONTROLS]
 
 
 def connect_gallery(script: object, gallery: object) -> None:
