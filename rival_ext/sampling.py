@@ -1,5 +1,8 @@
 """A complete RIVAL generation for a k-diffusion style model: the library's reference driver.
 
+``RivalUNet`` drives a ``RivalSession`` (hooks, evaluations, AdaIN after guidance) around the model;
+the samplers are plain loops over its guided noise prediction.
+
 One UNet call per model evaluation carries the reference row(s) in front of all generated rows
 (cond rows, then uncond rows, as A1111 batches them). The reference rows sit on the inversion
 chain at the evaluation's sigma; generated rows read their keys/values by role; after CFG the
@@ -13,7 +16,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .adain import adain
 from .attention import SelfAttentionInjector
 from .chain import check_schedule
 from .conditioning import Conditioning, Role
@@ -22,11 +24,16 @@ from .feature_cache import FeatureCache
 from .latent_init import force_keep
 from .noise import DiscreteSchedule, ve_to_vp
 from .params import RivalParams
-from .reference_rows import Reference, ReferenceRowsHook
+from .reference_rows import Reference
+from .session import RivalSession
 
 
 class RivalUNet:
-    """Evaluates rows of the generated branch; the row hook adds the reference rows they need."""
+    """Evaluates rows of the generated branch through a ``RivalSession`` on the model's UNet.
+
+    ``injector`` is installed by the caller; each evaluation installs the session's row hooks for
+    its duration, so between evaluations the UNet is the caller's.
+    """
 
     def __init__(
         self,
@@ -39,7 +46,9 @@ class RivalUNet:
         self.model = model
         self.params = params
         self.reference = reference
-        self.rows = ReferenceRowsHook(model.unet, injector, params, reference, model.parameterization, features)
+        self.session = RivalSession(
+            model.unet, params, reference, model.parameterization, features, injector=injector
+        )
 
     def __call__(
         self, z: Tensor, sigma: float, t: float, cond: Conditioning, roles: Sequence[Role]
@@ -49,11 +58,16 @@ class RivalUNet:
         With plain attention and no AdaIN at this t no reference row is added, so the call is
         exactly the one a plain generation makes.
         """
+        with self.session:
+            return self._evaluate(z, sigma, t, cond, roles)
+
+    def _evaluate(
+        self, z: Tensor, sigma: float, t: float, cond: Conditioning, roles: Sequence[Role]
+    ) -> tuple[Tensor, Tensor | None]:
         if len(roles) != z.shape[0] or len(cond) != z.shape[0]:
             raise ValueError(f"{z.shape[0]} rows need as many roles and conditioning rows")
-        with self.rows:
-            evaluation = self.rows.begin(sigma, t, roles)
-            eps = self.model(z, torch.full((len(z),), t, dtype=torch.float64, device=z.device), cond)
+        evaluation = self.session.begin(sigma, t, roles)
+        eps = self.model(z, torch.full((len(z),), t, dtype=torch.float64, device=z.device), cond)
         return eps, evaluation.eps_ref
 
     def guided_eps(
@@ -62,12 +76,10 @@ class RivalUNet:
         """CFG noise prediction of each generated image (B rows), then AdaIN while t > t_early."""
         b = z.shape[0]
         roles = [Role.COND] * b + [Role.UNCOND] * b
-        eps, eps_ref = self(torch.cat([z, z]), sigma, t, Conditioning.cat([cond, uncond]), roles)
-        eps_c, eps_u = eps[:b], eps[b:]
-        guided = eps_u + cfg_scale * (eps_c - eps_u)
-        if self.params.adain_active(t):
-            guided = adain(guided, eps_ref)
-        return guided
+        with self.session:
+            eps, _ = self._evaluate(torch.cat([z, z]), sigma, t, Conditioning.cat([cond, uncond]), roles)
+            eps_c, eps_u = eps[:b], eps[b:]
+            return self.session.after_guidance(eps_u + cfg_scale * (eps_c - eps_u))
 
 
 def sample_euler(

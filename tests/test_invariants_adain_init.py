@@ -14,7 +14,7 @@ import torch
 from conftest import make_unet, photo_latent, text
 from torch import nn
 
-import rival_ext.sampling as sampling_module
+import rival_ext.session as session_module
 from rival_ext import (
     DiscreteSchedule,
     InitLatent,
@@ -177,13 +177,13 @@ def run_schedule(unet64, schedule: DiscreteSchedule, params: RivalParams, monkey
     chain = invert(photo_latent(size=4), KDenoiser(model, schedule, text(1)), sigmas)
     fake.log.clear()
     adain_calls: list[int] = []
-    real_adain = sampling_module.adain
+    real_adain = session_module.adain
 
     def counting_adain(x, target):
         adain_calls.append(len(fake.log))  # the evaluation that just ran
         return real_adain(x, target)
 
-    monkeypatch.setattr(sampling_module, "adain", counting_adain)
+    monkeypatch.setattr(session_module, "adain", counting_adain)
     rival = RivalUNet(model, injector, params, Reference(chain, text(1), text(2)))
     z = chain.top.unsqueeze(0)
     if sampler == "ddim":

@@ -37,7 +37,7 @@ from rival_ext import (
 from rival_ext.attention import find_self_attention
 from rival_ext.conditioning import Role, reference_rows
 from rival_ext.params import AttentionMode
-from rival_ext.reference_rows import ReferenceRowsHook
+from rival_ext.session import RivalSession
 
 EQUAL = 1e-12
 CHANGED = 1e-4
@@ -276,7 +276,7 @@ def test_10_split_calls_of_one_evaluation_equal_one_call(unet, model, chain, sch
     params = RivalParams()
     cond = Conditioning.cat(texts)
     with SelfAttentionInjector(unet) as inj:
-        hook = ReferenceRowsHook(unet, inj, params, ref)
+        hook = RivalSession(unet, params, ref, injector=inj)
         with hook:
             ev = hook.begin(sigma, t, roles)
             whole = model(z, t_vec(t, 4), cond)

@@ -20,8 +20,6 @@ from modules import devices, shared
 from PIL import Image
 from torch import Tensor
 
-from ..adain import adain, adain_denoised
-from ..attention import SelfAttentionInjector
 from ..chain import InversionChain, NonFiniteInversion, coarse_schedule, invert, reconstruct
 from ..chain_cache import ChainCache
 from ..conditioning import Role
@@ -32,7 +30,8 @@ from ..image import prepare_reference
 from ..latent_init import force_keep, initial_latents, inpaint_initial_latent
 from ..noise import DiscreteSchedule, abar_of_sigma, ve_noise_for, ve_to_vp, vp_noise_for
 from ..params import RivalParams
-from ..reference_rows import Reference, ReferenceRowsHook
+from ..reference_rows import Reference
+from ..session import RivalSession
 from .args import RivalArgs, RivalInputError
 from .model import (
     A1111Eps,
@@ -112,8 +111,7 @@ class RivalJob:
         self.regenerate: Tensor | None = None
         self.sd_model: object = None
         self.chain_key: tuple = ()
-        self.injector: SelfAttentionInjector | None = None
-        self.rows: ReferenceRowsHook | None = None
+        self.session: RivalSession | None = None
         self._uncond_x: Tensor | None = None
         self._restore_sample: Callable[[], None] | None = None
         self._restore_schedule: Callable[[], None] | None = None
@@ -154,19 +152,17 @@ class RivalJob:
 
     def uninstall(self) -> None:
         """Remove the hooks of the current pass (the chains stay for ``post_sample``)."""
-        if self.rows is not None:
-            self.rows.remove()
-        if self.injector is not None:
-            self.injector.remove()
+        if self.session is not None:
+            self.session.close()
         if self._restore_schedule is not None:
             self._restore_schedule()
-        self.rows = self.injector = self._restore_schedule = None
+        self.session = self._restore_schedule = None
         self._uncond_x = None
 
     @property
     def active(self) -> bool:
         """Whether the hooks of a pass are installed."""
-        return self.rows is not None
+        return self.session is not None
 
     def note(self, text: str) -> None:
         """Record a line for the infotext's ``RIVAL notes`` (once)."""
@@ -229,13 +225,11 @@ class RivalJob:
         if self.regenerate is not None:
             self.keep_chain = self.inpainted_chain(p, sd_model, cond, text)
         self.set_initial_latent(p, x, noise, batch)
-        unet = unet_of(sd_model)
-        self.injector = SelfAttentionInjector(unet).__enter__()
         reference = Reference(self.chain, cond, uncond)
-        self.rows = ReferenceRowsHook(
-            unet, self.injector, self.params, reference, parameterization_of(sd_model),
+        self.session = RivalSession(
+            unet_of(sd_model), self.params, reference, parameterization_of(sd_model),
             features=feature_cache(self.chain_key),
-        ).__enter__()
+        ).install()
 
     def reference_image(self, p: object) -> Image.Image:
         """The upload, or img2img's first init image when asked."""
@@ -390,7 +384,7 @@ class RivalJob:
         else:
             sigma, t = raw, float(self.schedule.sigma_to_t(raw))
         n_cond, n_uncond = params.text_cond.shape[0], params.text_uncond.shape[0]
-        self.rows.begin(sigma, t, [Role.COND] * n_cond + [Role.UNCOND] * n_uncond)
+        self.session.begin(sigma, t, [Role.COND] * n_cond + [Role.UNCOND] * n_uncond)
         if self.regenerate is not None:
             chain = self.keep_chain
             reference = chain.reference_vp(sigma) if self.levels.timesteps else chain.reference_at(sigma)
@@ -400,18 +394,8 @@ class RivalJob:
 
     def on_cfg_after_cfg(self, params: object) -> None:
         """AdaIN of the guided prediction to the reference-cond row's, while t > t_early."""
-        if not self.active or self.rows.evaluation is None:
-            return
-        evaluation = self.rows.evaluation
-        self.rows.end()
-        if not self.params.adain_active(evaluation.t) or evaluation.eps_ref is None:
-            return
-        if self.levels.timesteps:
-            params.x = adain(params.x, evaluation.eps_ref)
-            return
-        x = self._uncond_x
-        sigma = torch.full((x.shape[0],), evaluation.sigma, device=x.device, dtype=x.dtype)
-        params.x = adain_denoised(params.x, x, sigma, evaluation.eps_ref)
+        if self.active and self.session.evaluation is not None:
+            params.x = self.session.after_guidance(params.x, None if self.levels.timesteps else self._uncond_x)
 
     def post_sample(self, samples: Tensor) -> None:
         """Inpainting: the keep region ends exactly on the inpainted image's clean latent (official overwrite)."""
