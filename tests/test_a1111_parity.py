@@ -63,6 +63,7 @@ from official_rival import OfficialConfig, OfficialTexts, ddim_inversion, ddim_t
 
 from rival_ext.a1111 import job
 from rival_ext.a1111.job import CHAINS
+from rival_ext.a1111.model import schedule_of
 from rival_ext.noise import vp_scale
 from rival_ext.params import AttentionMode, RivalParams
 
@@ -237,7 +238,7 @@ def test_euler_with_float64_sigmas_equals_the_official_loop_to_round_off(env64, 
 
     def float64_sigmas(obj, name, value):
         if name == "sampler_noise_scheduler_override":
-            sigmas = job.schedule_of(model).sigmas
+            sigmas = schedule_of(model).sigmas
             exact = torch.cat([sigmas[torch.tensor(ddim_timesteps(steps))], sigmas[:1]])
             assert torch.allclose(value(steps).double(), exact, rtol=1e-6)
 

@@ -378,14 +378,14 @@ def test_no_memory_for_an_fp32_unet_falls_back_to_the_models_precision(a1111, mo
     model, module = a1111
     from contextlib import contextmanager
 
-    from rival_ext.a1111 import job
+    from rival_ext.a1111 import model as a1111_model
 
     @contextmanager
     def no_memory(*_args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         yield
 
-    monkeypatch.setattr(job, "full_precision", no_memory)
+    monkeypatch.setattr(a1111_model, "full_precision", no_memory)
     _, result = txt2img(module, enabled())
     assert "no memory for an fp32 UNet" in result.info and len(result.images) == 1
     assert hook_count(model) == 0

@@ -5,7 +5,8 @@ is removed in its ``finally`` (A1111 skips ``postprocess`` when sampling raises 
 exceptions in script callbacks). A pass (first pass, hires pass) is prepared in
 ``process_before_every_sampling``, when the sampler, the conditioning and the networks of that
 pass exist; each model evaluation is announced by ``on_cfg_denoiser`` (sigma and the row layout)
-and finished by ``on_cfg_after_cfg`` (AdaIN after CFG).
+and finished by ``on_cfg_after_cfg`` (AdaIN after CFG), both through the pass's ``RivalSession``.
+The model is reached only through ``rival_ext.host.Host`` (``A1111Host``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from modules import devices, shared
@@ -26,6 +26,7 @@ from ..conditioning import Role
 from ..eps_models import KDenoiser
 from ..feature_cache import FeatureCache
 from ..hooks import swap_attribute
+from ..host import Host, PassLevels, UnsupportedModel
 from ..image import prepare_reference
 from ..latent_init import force_keep, initial_latents, inpaint_initial_latent
 from ..noise import DiscreteSchedule, abar_of_sigma, ve_noise_for, ve_to_vp, vp_noise_for
@@ -33,21 +34,7 @@ from ..params import RivalParams
 from ..reference_rows import Reference
 from ..session import RivalSession
 from .args import RivalArgs, RivalInputError
-from .model import (
-    A1111Eps,
-    UnsupportedModel,
-    check_supported,
-    class_forward,
-    encode_reference,
-    encode_text,
-    full_precision,
-    is_sdxl,
-    low_vram,
-    model_identity,
-    parameterization_of,
-    schedule_of,
-    unet_of,
-)
+from .model import A1111Host
 
 CHAINS = ChainCache()
 FEATURES: dict[tuple, FeatureCache] = {}  # for the last chain only: features are large
@@ -85,16 +72,6 @@ class InversionInterrupted(Exception):
     """The user pressed Interrupt or Skip during the inversion."""
 
 
-@dataclass
-class PassLevels:
-    """The noise levels one sampling pass visits, in the sampler's own terms."""
-
-    sigmas: Tensor  # VE, descending, last = origin (0 or sigma_min)
-    timesteps: bool  # DDIM/PLMS/UniPC family: the denoiser's "sigma" is a timestep, latents VP
-    txt2img: bool  # the sampler starts from unit noise (else from an init latent plus noise)
-    sampler_sigmas: Tensor | None = None  # the whole schedule the k-diffusion sampler must use instead
-
-
 class RivalJob:
     """Everything RIVAL holds for one generation."""
 
@@ -109,7 +86,7 @@ class RivalJob:
         self.chain: InversionChain | None = None
         self.keep_chain: InversionChain | None = None  # inpainting: the chain of the image being inpainted
         self.regenerate: Tensor | None = None
-        self.sd_model: object = None
+        self.host: Host | None = None
         self.chain_key: tuple = ()
         self.session: RivalSession | None = None
         self._uncond_x: Tensor | None = None
@@ -179,10 +156,10 @@ class RivalJob:
         if hires and not self.args.apply_to_hires:
             self.note("off in the hires pass")
             return
-        sd_model = getattr(p, "sd_model", None) or shared.sd_model
+        host = A1111Host(getattr(p, "sd_model", None) or shared.sd_model)
         try:
-            check_supported(sd_model)
-            self._prepare(p, sd_model, x, noise, hires)
+            host.check_supported()
+            self._prepare(p, host, x, noise, hires)
         except UnsupportedModel as reason:
             self.uninstall()
             self.note(f"off: {reason}")
@@ -203,12 +180,12 @@ class RivalJob:
             self.uninstall()
             raise RivalAbort(RivalRuntimeError(f"RIVAL failed while preparing the pass: {error}")) from error
 
-    def _prepare(self, p: object, sd_model: object, x: Tensor, noise: Tensor, hires: bool) -> None:
+    def _prepare(self, p: object, host: Host, x: Tensor, noise: Tensor, hires: bool) -> None:
         batch, _, h, w = x.shape
         width, height = w * 8, h * 8
-        self.sd_model = sd_model
-        self.schedule = schedule_of(sd_model)
-        self.levels = pass_levels(p, self.schedule, txt2img=x is noise, hires=hires)
+        self.host = host
+        self.schedule = host.schedule
+        self.levels = host.pass_levels(p, txt2img=x is noise, hires=hires)
         if self.levels.sampler_sigmas is not None:
             sigmas = self.levels.sampler_sigmas.float()
             self._restore_schedule = swap_attribute(p, "sampler_noise_scheduler_override", lambda _steps: sigmas)
@@ -217,17 +194,17 @@ class RivalJob:
         except ValueError as error:
             raise RivalInputError(str(error)) from None
         text = self.params.reference_text(current_prompt(p))
-        cond = encode_text(sd_model, text, negative=False, width=width, height=height)
-        uncond = cond if text == "" and not is_sdxl(sd_model) else encode_text(
-            sd_model, "", negative=True, width=width, height=height)
-        self.chain = self.invert(sd_model, pixels, cond, text)
+        cond = host.encode_text(text, negative=False, width=width, height=height)
+        uncond = cond if text == "" and not host.is_sdxl else host.encode_text(
+            "", negative=True, width=width, height=height)
+        self.chain = self.invert(host, pixels, cond, text)
         self.regenerate = self.inpaint_region(p, (h, w))
         if self.regenerate is not None:
-            self.keep_chain = self.inpainted_chain(p, sd_model, cond, text)
+            self.keep_chain = self.inpainted_chain(p, host, cond, text)
         self.set_initial_latent(p, x, noise, batch)
         reference = Reference(self.chain, cond, uncond)
         self.session = RivalSession(
-            unet_of(sd_model), self.params, reference, parameterization_of(sd_model),
+            host.unet, self.params, reference, host.parameterization,
             features=feature_cache(self.chain_key),
         ).install()
 
@@ -240,16 +217,16 @@ class RivalJob:
             return images[0]
         return self.args.reference_image
 
-    def invert(self, sd_model: object, pixels: Tensor, cond: object, text: str) -> InversionChain:
+    def invert(self, host: Host, pixels: Tensor, cond: object, text: str) -> InversionChain:
         """The reference's chain for this pass (its VAE mean), with the reconstruction preview if asked."""
-        chain = self.chain_of(sd_model, pixels, lambda: encode_reference(sd_model, pixels), cond, text, "reference")
+        chain = self.chain_of(host, pixels, lambda: host.encode_reference(pixels), cond, text, "reference")
         if self.args.show_reconstruction:
-            denoiser = KDenoiser(A1111Eps(sd_model, self.schedule), self.schedule, cond)
-            with torch.no_grad(), class_forward(unet_of(sd_model)):
-                self.reconstructions.append(decode(sd_model, reconstruct(chain, denoiser)))
+            denoiser = KDenoiser(host.eps_model(), self.schedule, cond)
+            with torch.no_grad(), host.class_forward():
+                self.reconstructions.append(host.decode(reconstruct(chain, denoiser)))
         return chain
 
-    def inpainted_chain(self, p: object, sd_model: object, cond: object, text: str) -> InversionChain:
+    def inpainted_chain(self, p: object, host: Host, cond: object, text: str) -> InversionChain:
         """Inpainting: the chain the keep region follows, that of the image being inpainted.
 
         One inversion when the reference is the init image on the whole picture; otherwise the init
@@ -261,9 +238,9 @@ class RivalJob:
         if any(not torch.equal(latents[0], other) for other in latents[1:]):
             raise RivalInputError("inpainting with RIVAL takes one init image for the whole batch")
         z0 = latents[:1].cpu()
-        return self.chain_of(sd_model, z0, lambda: z0, cond, text, "init image")
+        return self.chain_of(host, z0, lambda: z0, cond, text, "init image")
 
-    def chain_of(self, sd_model: object, source: Tensor, latent: Callable[[], Tensor], cond: object, text: str,
+    def chain_of(self, host: Host, source: Tensor, latent: Callable[[], Tensor], cond: object, text: str,
                  what: str) -> InversionChain:
         """The chain of ``source`` on this pass, from the cache when every input that shapes it is the same."""
         sigmas = self.levels.sigmas
@@ -273,14 +250,14 @@ class RivalJob:
             self.note(f"inversion on {steps} steps")
         precision = getattr(shared.opts, "rival_inversion_precision", "fp32")
         key = (
-            model_identity(sd_model),
+            host.identity,
             hashlib.sha256(source.numpy().tobytes()).hexdigest(),
             tuple(source.shape),
             tuple(round(float(s), 7) for s in sigmas),
             text,
             str(devices.dtype_unet),
             precision,
-            parameterization_of(sd_model),
+            host.parameterization,
         )
         if what == "reference":
             self.chain_key = key
@@ -289,7 +266,7 @@ class RivalJob:
             self.note(f"{what} chain from cache" if what != "reference" else "chain from cache")
             return chain
         z0 = latent()
-        denoiser = KDenoiser(A1111Eps(sd_model, self.schedule), self.schedule, cond)
+        denoiser = KDenoiser(host.eps_model(), self.schedule, cond)
         state = shared.state
         textinfo, state.textinfo = state.textinfo, f"RIVAL: inverting the {what}"
         total = len(sigmas) - 1
@@ -299,15 +276,15 @@ class RivalJob:
                 raise InversionInterrupted
             state.sampling_step, state.sampling_steps = done, total
 
-        fp32 = precision == "fp32" and not low_vram(sd_model)
+        fp32 = precision == "fp32" and not host.low_vram
         if precision == "fp32" and not fp32:
             self.note("inversion in the model's precision (--medvram/--lowvram)")
 
         def in_fp32() -> InversionChain:
-            with full_precision(sd_model, self.schedule) as model:
+            with host.full_precision() as model:
                 return invert(z0, KDenoiser(model, self.schedule, cond), sigmas, progress)
 
-        with torch.no_grad(), class_forward(unet_of(sd_model)), restored(state, "textinfo", textinfo):
+        with torch.no_grad(), host.class_forward(), restored(state, "textinfo", textinfo):
             chain = None
             if fp32:
                 try:
@@ -319,7 +296,7 @@ class RivalJob:
                 try:
                     chain = invert(z0, denoiser, sigmas, callback=progress)
                 except NonFiniteInversion:
-                    if low_vram(sd_model):
+                    if host.low_vram:
                         raise
                     self.note("inversion redone in fp32 (half precision gave NaN/inf)")
                     chain = in_fp32()
@@ -374,7 +351,7 @@ class RivalJob:
         """Announce the evaluation: its sigma and t, its row roles; force the keep region."""
         if not self.active:
             return
-        if shared.sd_model is not self.sd_model:
+        if shared.sd_model is not self.host.model:
             self.uninstall()
             self.note("stopped at the refiner switch")
             return
@@ -407,41 +384,6 @@ def current_prompt(p: object) -> str:
     """The batch's first prompt, with extra-network tags already stripped by A1111."""
     prompts = getattr(p, "prompts", None) or getattr(p, "all_prompts", None)
     return prompts[0] if prompts else getattr(p, "prompt", "")
-
-
-def pass_levels(p: object, schedule: DiscreteSchedule, txt2img: bool, hires: bool) -> PassLevels:
-    """The sigmas the sampler will visit in this pass, ending at the chain's origin."""
-    from modules import sd_samplers_common
-
-    sampler = p.sampler
-    if hires:
-        steps, t_enc = sd_samplers_common.setup_img2img_steps(p, p.hr_second_pass_steps or p.steps)
-    elif not txt2img:
-        steps, t_enc = sd_samplers_common.setup_img2img_steps(p)
-    else:
-        steps, t_enc = p.steps, None
-    if hasattr(sampler, "get_sigmas"):
-        full = torch.as_tensor(sampler.get_sigmas(p, steps), dtype=torch.float64).cpu()
-        official = schedule.official_end(full)
-        sigmas = full if official is None else official
-        if t_enc is not None:
-            sigmas = sigmas[steps - t_enc - 1 :]
-        return PassLevels(sigmas, timesteps=False, txt2img=txt2img, sampler_sigmas=official)
-    if hasattr(sampler, "get_timesteps"):
-        ts = torch.as_tensor(sampler.get_timesteps(p, steps)).long().cpu()
-        if t_enc is not None:
-            ts = ts[: t_enc + 1]
-        sigmas = torch.cat([schedule.sigmas[ts.flip(0)], schedule.sigmas[:1]])
-        return PassLevels(sigmas, timesteps=True, txt2img=txt2img)
-    raise UnsupportedModel(f"the sampler {type(sampler).__name__} has no noise schedule RIVAL can read")
-
-
-@torch.no_grad()
-def decode(sd_model: object, latent: Tensor) -> Image.Image:
-    """A latent as a PIL image (for the reconstruction preview)."""
-    x = sd_model.decode_first_stage(latent.to(devices.device, devices.dtype_vae))
-    array = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
 
 
 @contextmanager

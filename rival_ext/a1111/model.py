@@ -2,25 +2,25 @@
 
 Everything goes through the model object A1111 hands the sampler (``apply_model`` with its
 casts and autocast, ``get_learned_conditioning`` with textual inversion and LoRA in effect), so
-the reference is treated exactly like the generated image.
+the reference is treated exactly like the generated image. ``A1111Host`` offers all of it as the
+library's ``rival_ext.host.Host``, the only way the job reaches the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import cached_property
 
 import torch
 from modules import devices, shared
+from PIL import Image
 from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from ..eps_models import UNetEps
+from ..host import PassLevels, UnsupportedModel
 from ..noise import DiscreteSchedule, abar_of_sigma, eps_from_v
-
-
-class UnsupportedModel(Exception):
-    """RIVAL cannot run on this model or with this combination; the message says why."""
 
 
 def unet_of(sd_model: object) -> nn.Module:
@@ -222,3 +222,93 @@ def low_vram(sd_model: object) -> bool:
     """--medvram/--lowvram move modules on demand through wrappers a direct UNet call bypasses."""
     return bool(getattr(shared.cmd_opts, "medvram", False) or getattr(shared.cmd_opts, "lowvram", False)
                 or getattr(sd_model, "lowvram", False))
+
+
+class A1111Host:
+    """``rival_ext.host.Host`` on A1111's loaded model (one sampling pass)."""
+
+    def __init__(self, sd_model: object) -> None:
+        self.model = sd_model
+
+    def check_supported(self) -> None:
+        check_supported(self.model)
+
+    @property
+    def unet(self) -> nn.Module:
+        return unet_of(self.model)
+
+    @cached_property
+    def schedule(self) -> DiscreteSchedule:
+        return schedule_of(self.model)
+
+    @property
+    def parameterization(self) -> str:
+        return parameterization_of(self.model)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return is_sdxl(self.model)
+
+    @property
+    def identity(self) -> str:
+        return model_identity(self.model)
+
+    @property
+    def low_vram(self) -> bool:
+        return low_vram(self.model)
+
+    def pass_levels(self, p: object, txt2img: bool, hires: bool) -> PassLevels:
+        return pass_levels(p, self.schedule, txt2img, hires)
+
+    def encode_reference(self, pixels: Tensor) -> Tensor:
+        return encode_reference(self.model, pixels)
+
+    def encode_text(self, text: str, negative: bool, width: int, height: int) -> Conditioning:
+        return encode_text(self.model, text, negative, width, height)
+
+    def eps_model(self) -> A1111Eps:
+        return A1111Eps(self.model, self.schedule)
+
+    def full_precision(self) -> AbstractContextManager[UNetEps]:
+        return full_precision(self.model, self.schedule)
+
+    def class_forward(self) -> AbstractContextManager[None]:
+        return class_forward(self.unet)
+
+    def decode(self, latent: Tensor) -> Image.Image:
+        return decode(self.model, latent)
+
+
+def pass_levels(p: object, schedule: DiscreteSchedule, txt2img: bool, hires: bool) -> PassLevels:
+    """The sigmas the sampler will visit in this pass, ending at the chain's origin."""
+    from modules import sd_samplers_common
+
+    sampler = p.sampler
+    if hires:
+        steps, t_enc = sd_samplers_common.setup_img2img_steps(p, p.hr_second_pass_steps or p.steps)
+    elif not txt2img:
+        steps, t_enc = sd_samplers_common.setup_img2img_steps(p)
+    else:
+        steps, t_enc = p.steps, None
+    if hasattr(sampler, "get_sigmas"):
+        full = torch.as_tensor(sampler.get_sigmas(p, steps), dtype=torch.float64).cpu()
+        official = schedule.official_end(full)
+        sigmas = full if official is None else official
+        if t_enc is not None:
+            sigmas = sigmas[steps - t_enc - 1 :]
+        return PassLevels(sigmas, timesteps=False, txt2img=txt2img, sampler_sigmas=official)
+    if hasattr(sampler, "get_timesteps"):
+        ts = torch.as_tensor(sampler.get_timesteps(p, steps)).long().cpu()
+        if t_enc is not None:
+            ts = ts[: t_enc + 1]
+        sigmas = torch.cat([schedule.sigmas[ts.flip(0)], schedule.sigmas[:1]])
+        return PassLevels(sigmas, timesteps=True, txt2img=txt2img)
+    raise UnsupportedModel(f"the sampler {type(sampler).__name__} has no noise schedule RIVAL can read")
+
+
+@torch.no_grad()
+def decode(sd_model: object, latent: Tensor) -> Image.Image:
+    """A latent as a PIL image (for the reconstruction preview)."""
+    x = sd_model.decode_first_stage(latent.to(devices.device, devices.dtype_vae))
+    array = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
