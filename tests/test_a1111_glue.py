@@ -213,3 +213,17 @@ def test_the_progress_text_is_given_back_after_the_inversion(a1111):
     finally:
         script_callbacks.remove_callbacks_for_function(record)
     assert seen and set(seen) == {"A1111's text"}
+
+
+def test_the_a1111_host_has_every_member_of_the_host_protocol(a1111):
+    from rival_ext.a1111.model import A1111Host
+    from rival_ext.host import Host
+
+    model, _ = a1111
+    host = A1111Host(model)
+    members = [n for n in vars(Host) if not n.startswith("_")] + list(Host.__annotations__)
+    assert {"unet", "schedule", "encode_reference", "encode_text", "eps_model", "full_precision"} <= set(members)
+    for name in members:
+        assert getattr(host, name) is not None, name
+    assert host.unet is model.model.diffusion_model and host.schedule is host.schedule
+    host.check_supported()
