@@ -113,3 +113,11 @@ def a1111():
 
     yield a1111_environment()
     fake_model.reset_a1111_state()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (``item.rep_call``): a fixture can act on a failed test."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
