@@ -70,6 +70,17 @@ def ve_noise_for(x: Tensor, x0: Tensor, sigma: float) -> Tensor:
     return (x - x0) / sigma
 
 
+def ve_std(sigma: float) -> float:
+    """sqrt(1 + sigma^2): the scale of a VE latent at sigma (A1111's SGM noise multiplier starts there)."""
+    return (1 + sigma**2) ** 0.5
+
+
+def ddim_step(z: Tensor, eps: Tensor, abar: float, abar_next: float) -> Tensor:
+    """One deterministic DDIM step (eta 0) of a VP latent from level ``abar`` to ``abar_next``."""
+    x0 = (z - (1 - abar) ** 0.5 * eps) / abar**0.5
+    return abar_next**0.5 * x0 + (1 - abar_next) ** 0.5 * eps
+
+
 def scaled_linear_alphas_cumprod(
     steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
 ) -> Tensor:

@@ -22,7 +22,7 @@ from .conditioning import Conditioning, Role
 from .eps_models import UNetEps
 from .feature_cache import FeatureCache
 from .latent_init import force_keep
-from .noise import DiscreteSchedule, ve_to_vp
+from .noise import DiscreteSchedule, ddim_step, ve_to_vp
 from .params import RivalParams
 from .reference_rows import Reference
 from .session import RivalSession
@@ -135,9 +135,7 @@ def sample_ddim(
         if regenerate is not None:
             z = force_keep(z, chain.reference_vp(sigma), regenerate)
         eps = rival.guided_eps(z, sigma, float(t), cond, uncond, cfg_scale)
-        a, a_next = float(abar[t]), float(abar[t_next])
-        x0 = (z - (1 - a) ** 0.5 * eps) / a**0.5
-        z = a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps
+        z = ddim_step(z, eps, float(abar[t]), float(abar[t_next]))
     if regenerate is not None:
         z = force_keep(z, chain.origin_latent, regenerate)
     return z

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from rival_ext.noise import (
     abar_of_sigma,
+    ddim_step,
     eps_from_v,
     ve_noise_for,
     ve_rescale,
+    ve_std,
     ve_to_vp,
     vp_noise_for,
+    vp_scale,
     vp_to_ve,
 )
 
@@ -52,3 +56,13 @@ def test_rescale_and_start_noise() -> None:
     noise = vp_noise_for(x, x0, abar)
     torch.testing.assert_close(abar**0.5 * x0 + (1 - abar) ** 0.5 * noise, x, rtol=1e-14, atol=1e-14)
     torch.testing.assert_close(x0 + sigma * ve_noise_for(x, x0, sigma), x, rtol=1e-14, atol=1e-14)
+
+
+def test_ddim_step_is_a_ve_euler_step_and_ve_std_is_the_inverse_vp_scale() -> None:
+    g = torch.Generator().manual_seed(7)
+    z, eps = torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64), torch.randn(1, 4, 8, 8, generator=g,
+                                                                                       dtype=torch.float64)
+    s_a, s_b = 3.0, 0.5
+    a, b = float(abar_of_sigma(s_a)), float(abar_of_sigma(s_b))
+    torch.testing.assert_close(vp_to_ve(ddim_step(z, eps, a, b), s_b), vp_to_ve(z, s_a) + (s_b - s_a) * eps)
+    assert ve_std(s_a) == pytest.approx(1 / float(vp_scale(s_a)), rel=1e-15)

@@ -29,7 +29,7 @@ from ..hooks import swap_attribute
 from ..host import Host, PassLevels, UnsupportedModel
 from ..image import prepare_reference
 from ..latent_init import force_keep, initial_latents, inpaint_initial_latent
-from ..noise import DiscreteSchedule, abar_of_sigma, ve_noise_for, ve_to_vp, vp_noise_for
+from ..noise import DiscreteSchedule, abar_of_sigma, ve_noise_for, ve_std, ve_to_vp, vp_noise_for
 from ..params import RivalParams
 from ..reference_rows import Reference
 from ..session import RivalSession
@@ -340,7 +340,7 @@ class RivalJob:
             else:
                 noise.copy_(vp_noise_for(start_vp, x.float(), float(abar_of_sigma(sigma0))))
         elif levels.txt2img:
-            scale = (1 + sigma0**2) ** 0.5 if getattr(shared.opts, "sgm_noise_multiplier", False) else sigma0
+            scale = ve_std(sigma0) if getattr(shared.opts, "sgm_noise_multiplier", False) else sigma0
             x.copy_(start / scale)
         else:
             noise.copy_(ve_noise_for(start, x.float(), sigma0))
