@@ -47,9 +47,9 @@ def test_an_api_dict_arrives_padded_with_the_panel_defaults_and_is_accepted(a111
     assert "RIVAL: variation" in on.info
 
 
-def test_the_padding_follows_the_default_preset_setting(a1111):
+def test_the_padding_follows_the_default_preset_setting(a1111, monkeypatch):
     _, module = a1111
-    shared.opts.rival_default_preset = "prompt_guided"
+    monkeypatch.setitem(shared.opts.data, "rival_default_preset", "prompt_guided")
     _, result = txt2img(module, enabled(preset="variation"))
     assert "RIVAL: variation" in result.info and "RIVAL early plain: 1000" in result.info
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rival_ext.a1111.fields import FIELD, FIELDS, PRESET_OUTPUTS, REFERENCE_KEY, panel_value, titles
+from rival_ext.a1111.fields import EXTRA_TITLES, FIELD, FIELDS, PRESET_OUTPUTS, REFERENCE_KEY, panel_value, titles
 from rival_ext.params import PRESETS
 
 CHROMIUM = os.environ.get("RIVAL_CHROMIUM", "/usr/bin/chromium")
@@ -377,7 +377,7 @@ def test_use_the_selected_result_with_an_empty_gallery_warns(page, app):
 
 
 DOM_NAME = {"enabled": "rival"}  # InputAccordion: the user sees the accordion, not its hidden checkbox
-SHOWN_ON = {"use_init_image": ("img2img",), "apply_to_hires": ("txt2img",)}
+SHOWN_ON = {"use_init_image": ("img2img",), "apply_to_hires": ("txt2img",), "official_settings": ()}  # () = API only
 
 
 @pytest.mark.parametrize("tab", ["txt2img", "img2img"])
@@ -385,9 +385,10 @@ def test_every_control_has_its_tooltip(page, app, tab):
     _open_panel(page, app, tab)
     page.find_element("xpath", f"//*[@id='{app.id('rival', tab)}']//span[normalize-space(text())='Advanced']").click()
     hints = titles()
-    assert set(hints) == {FIELD[name].label for name in FIELDS} | {"Use the selected result"}
+    assert set(hints) == {FIELD[name].label for name in FIELDS} | set(EXTRA_TITLES)
     controls = {name: FIELD[name].label for name in FIELDS if tab in SHOWN_ON.get(name, (tab,))}
     controls["use_result"] = "Use the selected result"
+    controls["use_official"] = "Use the official CFG, steps and sampler"
     missing = {}
     for name, label in controls.items():
         if name == "custom_prompt":

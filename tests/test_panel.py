@@ -75,13 +75,13 @@ def test_txt2img_does_not_offer_the_inpainting_preset(a1111):
 
 
 @pytest.mark.parametrize("stored", ["Prompt-guided (style transfer)", "prompt_guided"])
-def test_the_default_preset_setting_shows_titles_and_reads_old_names(stored):
+def test_the_default_preset_setting_shows_titles_and_reads_old_names(stored, monkeypatch):
     from rival_ext.a1111.settings import add_settings, default_preset
 
     add_settings()
     titles = shared.opts.data_labels["rival_default_preset"].component_args["choices"]
     assert "Prompt-guided (style transfer)" in titles and "prompt_guided" not in titles
-    shared.opts.data["rival_default_preset"] = stored
+    monkeypatch.setitem(shared.opts.data, "rival_default_preset", stored)
     assert default_preset() == "prompt_guided"
 
 
