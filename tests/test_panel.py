@@ -83,6 +83,8 @@ def test_the_default_preset_setting_shows_titles_and_reads_old_names(stored, mon
     assert "Prompt-guided (style transfer)" in titles and "prompt_guided" not in titles
     monkeypatch.setitem(shared.opts.data, "rival_default_preset", stored)
     assert default_preset() == "prompt_guided"
+    add_settings()  # at the next start an id saved by an older version is shown as its title
+    assert shared.opts.data["rival_default_preset"] == "Prompt-guided (style transfer)"
 
 
 def test_the_init_image_as_reference_is_recorded_by_its_hash(a1111):

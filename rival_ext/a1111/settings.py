@@ -51,6 +51,9 @@ def add_settings() -> None:
     }
     for key, info in options.items():
         shared.opts.add_option(key, info)
+    stored = shared.opts.data.get("rival_default_preset")
+    if stored in PRESETS:  # saved by an older version as the preset's id: show its title
+        shared.opts.data["rival_default_preset"] = PRESETS[stored].title
 
 
 def apply_cache_settings() -> None:
