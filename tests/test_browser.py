@@ -204,6 +204,10 @@ def app(browser, tmp_path_factory):
     try:
         yield url_app
     finally:
+        # The page's queue websocket would keep uvicorn's graceful shutdown (and so close()) waiting.
+        browser.get("about:blank")
+        if getattr(demo, "server", None) is not None:
+            demo.server.force_exit = True
         demo.close()
         import fake_model
 
