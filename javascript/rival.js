@@ -1,6 +1,6 @@
 // RIVAL panel helpers, loaded by A1111 into the page (one global namespace: everything is prefixed).
 
-// The hover tooltips are in rival_titles.js, generated from rival_ext/a1111/fields.py.
+// The hover tooltips are in rival_titles.js, generated from rival_ext/webui/fields.py.
 
 // "Send the selected result to the RIVAL reference": returns the gallery's selected index, which
 // the Python side turns into the reference image.

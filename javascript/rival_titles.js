@@ -1,4 +1,4 @@
-// Generated from rival_ext/a1111/fields.py by `python -m rival_ext.a1111.fields`: edit the table there.
+// Generated from rival_ext/webui/fields.py by `python -m rival_ext.webui.fields`: edit the table there.
 // A1111's hints.js turns the global `titles` map (label text -> tooltip) into hover tooltips.
 (function rivalTitles() {
     if (typeof titles === "undefined") {

@@ -1,22 +1,29 @@
 """What a RIVAL generation needs from the program that runs the model: the ``Host`` seam.
 
-The A1111 job (``rival_ext.a1111.job``) talks to its model only through this protocol;
-``rival_ext.a1111.model.A1111Host`` implements it on A1111's loaded model. Another host (a plain
-diffusers or ComfyUI driver, a test double) implements the same members.
+The job (``rival_ext.job``) talks to its model only through this protocol: A1111's
+(``rival_ext.a1111.A1111Host``, module hooks on ldm/sgm) and Forge's (``rival_ext.forge.ForgeHost``,
+patches on the per-sampling UNet clone, Forge2 and the ComfyUI-style patcher of reForge/Classic)
+implement it; a test double or another program implements the same members. What the WebUI tells
+the job about the pass about to sample is a ``PassRequest``; progress, interruption and the settings
+reach it as a ``Runtime``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
-from .conditioning import Conditioning
-from .eps_models import EpsModel, UNetEps
+from .conditioning import Conditioning, Role
+from .eps_models import EpsModel
+from .feature_cache import FeatureCache
 from .noise import DiscreteSchedule
+from .params import RivalParams
+from .reference_rows import Evaluation, Reference
 
 
 class UnsupportedModel(Exception):
@@ -28,9 +35,68 @@ class PassLevels:
     """The noise levels one sampling pass visits, in the sampler's own terms."""
 
     sigmas: Tensor  # VE, descending, last = origin (0 or sigma_min)
-    timesteps: bool  # DDIM/PLMS/UniPC family: the denoiser's "sigma" is a timestep, latents VP
+    timesteps: bool  # DDIM/PLMS/UniPC family: the sampler's latents are VP and its levels timesteps
     txt2img: bool  # the sampler starts from unit noise (else from an init latent plus noise)
     sampler_sigmas: Tensor | None = None  # the whole schedule the k-diffusion sampler must use instead
+
+
+@dataclass(frozen=True)
+class PassRequest:
+    """The pass about to sample, as the WebUI describes it (the same in every WebUI: A1111's ``p``)."""
+
+    prompt: str  # the batch's first prompt, extra-network tags stripped
+    seeds: list[int]  # one per image of the batch
+    width: int
+    height: int
+    txt2img: bool  # starts from noise (else from an init latent: img2img, the hires pass)
+    hires: bool  # the hires fix's second pass
+    init_image: Image.Image | None = None  # img2img's first init image, as the WebUI encodes it (resized)
+    init_latent: Tensor | None = None  # the latent the WebUI encoded (img2img), one row per image
+    regenerate: Tensor | None = None  # inpainting: the latent-grid mask to regenerate (bool), None: no mask
+    masked: bool = False  # img2img's inpaint tab has a mask
+
+
+class Alignment(Protocol):
+    """What a pass installs: evaluations opened by ``begin`` and closed by ``after_guidance``."""
+
+    @property
+    def evaluation(self) -> Evaluation | None:
+        """The open evaluation, if any."""
+
+    def begin(self, sigma: float, t: float, roles: Sequence[Role]) -> Evaluation:
+        """Open a model evaluation."""
+
+    def after_guidance(self, guided: Tensor, x: Tensor | None = None) -> Tensor:
+        """Close it, with AdaIN of the guided prediction while t > t_early."""
+
+    def close(self) -> None:
+        """Take the mechanism off the model (idempotent)."""
+
+
+class Progress(Protocol):
+    """The WebUI's progress bar and interrupt button, for the inversion."""
+
+    def text(self, text: str) -> AbstractContextManager[None]:
+        """Show ``text`` as the job's status for the block, then what was there before."""
+
+    def step(self, done: int, total: int) -> None:
+        """Report progress; raises ``InversionInterrupted`` when the user pressed Interrupt or Skip."""
+
+
+class InversionInterrupted(Exception):
+    """The user pressed Interrupt or Skip during the inversion."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The WebUI settings a generation reads (Settings > RIVAL and a few of the WebUI's own)."""
+
+    inversion_steps: int = 0  # 0: as many as the sampler takes
+    inversion_precision: str = "fp32"  # fp32 | model
+    feature_cache_bytes: int = 0  # 0: no feature cache
+    feature_cache_device_bytes: int = 0  # of which on the GPU
+    img2img_extra_noise: bool = False  # the WebUI adds extra noise to an img2img start
+    sgm_noise_multiplier: bool = False  # txt2img noise scaled by sqrt(1 + sigma^2) instead of sigma
 
 
 class Host(Protocol):
@@ -40,10 +106,6 @@ class Host(Protocol):
 
     def check_supported(self) -> None:
         """Raise ``UnsupportedModel`` where RIVAL would be wrong on this model."""
-
-    @property
-    def unet(self) -> nn.Module:
-        """The UNet whose self-attention RIVAL hooks."""
 
     @property
     def schedule(self) -> DiscreteSchedule:
@@ -59,14 +121,21 @@ class Host(Protocol):
 
     @property
     def identity(self) -> str:
-        """A string that changes when the weights in effect change (chain cache key)."""
+        """A string that changes when the weights in effect or their precision change (chain cache key)."""
 
     @property
     def low_vram(self) -> bool:
         """Whether modules move on demand (no direct fp32 UNet call)."""
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the model computes on a GPU (the feature cache keeps part of itself there)."""
+
     def pass_levels(self, p: object, txt2img: bool, hires: bool) -> PassLevels:
         """The noise levels the pass about to sample visits."""
+
+    def callbacks_vp(self, levels: PassLevels) -> bool:
+        """Whether the sampler's CFG callbacks carry VP latents, timesteps and eps (else VE, sigma, x0)."""
 
     def encode_reference(self, pixels: Tensor) -> Tensor:
         """The reference's latent (VAE mean, scaled)."""
@@ -77,11 +146,23 @@ class Host(Protocol):
     def eps_model(self) -> EpsModel:
         """eps(z, t, cond) in the model's own precision, for the inversion."""
 
-    def full_precision(self) -> AbstractContextManager[UNetEps]:
+    def full_precision(self) -> AbstractContextManager[EpsModel]:
         """An fp32 eps model of the UNet for the block."""
 
-    def class_forward(self) -> AbstractContextManager[None]:
-        """The UNet's own forward for the block (without another extension's)."""
+    def plain_model(self) -> AbstractContextManager[None]:
+        """The UNet's own path for the block (without another extension's), for the inversion."""
+
+    def free_memory(self) -> None:
+        """Give cached GPU memory back (after an out-of-memory error)."""
 
     def decode(self, latent: Tensor) -> Image.Image:
         """A latent as an image (the reconstruction preview)."""
+
+    def align(self, p: object, params: RivalParams, reference: Reference, features: FeatureCache | None) -> Alignment:
+        """Install RIVAL's mechanism on the model for the pass about to sample."""
+
+    def override_schedule(self, p: object, sigmas: Tensor) -> Callable[[], None]:
+        """Make the pass's k-diffusion sampler use ``sigmas``; returns what puts the sampler's own back."""
+
+    def set_start_noise(self, p: object, x: Tensor, noise: Tensor, start_noise: Tensor, txt2img: bool) -> None:
+        """Make the sampler take ``start_noise`` instead of its own (``x`` in txt2img, ``noise`` otherwise)."""

@@ -1,15 +1,18 @@
-"""The reference rows of each UNet call: added, routed by role, taken back off, recorded.
+"""The reference rows of each model call: added, routed by role, taken back off, recorded.
 
-Before a UNet call (``RivalSession``'s pre-hook) the router puts the reference row(s) for the
-current evaluation in front of the call's rows (latent from the chain at the evaluation's sigma,
-the call's own timestep, the reference texts) and returns the self-attention plan; after it, it
-takes their outputs back off, keeping the reference-cond row's eps as the AdaIN target. Callers
-see a UNet that behaves as before for their rows. How the reference rows reach the attention is
-one strategy chosen at install time: in the same call (``InCall``), replayed from recorded
-features (``Replayed``, the feature cache), or a pass of their own through the class forward
-(``SeparatePass``, when another extension replaced the UNet's forward). Which rows of a call are
-cond or uncond comes from a cursor over the evaluation's row layout, so any split of the rows into
-calls (A1111's batch_cond_uncond off, unequal prompt lengths, skipped uncond) routes correctly;
+Before a model call the router puts the reference row(s) for the current evaluation in front of the
+call's rows (latent from the chain at the evaluation's sigma, the call's own level, the reference
+texts) and returns the self-attention plan; after it, it takes their outputs back off, keeping the
+reference-cond row's eps as the AdaIN target. Callers see a model that behaves as before for their
+rows. Where a call is made and what its arguments look like is the host's: ``ModelCall`` is that
+seam (A1111's UNet call in ``UNetCall`` here, Forge's denoiser call in ``rival_ext.forge``).
+
+How the reference rows reach the attention is one strategy chosen at install time: in the same
+call (``InCall``), replayed from recorded features (``Replayed``, the feature cache), or a pass of
+their own (``SeparatePass``, when another extension sizes its inputs by the call's rows). Which rows
+of a call are cond or uncond comes from the call itself where the host says (Forge's
+``cond_or_uncond``), else from a cursor over the evaluation's row layout, so any split of the rows
+into calls (A1111's batch_cond_uncond off, unequal prompt lengths, skipped uncond) routes correctly;
 rows past the layout belong to a foreign call and are left alone.
 """
 
@@ -19,7 +22,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -49,9 +52,13 @@ class Reference:
         a, b = self.cond, self.uncond
         if a is b:
             return True
-        if (a.y is None) != (b.y is None) or (a.y is not None and not torch.equal(a.y, b.y)):
+        if (a.y is None) != (b.y is None) or (a.y is not None and b.y is not None and not torch.equal(a.y, b.y)):
             return False
         return a.context.shape == b.context.shape and torch.equal(a.context, b.context)
+
+    def text(self, role: Role) -> Conditioning:
+        """The conditioning row of a reference row with this role."""
+        return self.cond if role is Role.COND else self.uncond
 
 
 @dataclass
@@ -65,35 +72,61 @@ class Evaluation:
     eps_ref: Tensor | None = None  # reference-cond eps once a call has computed it
 
 
-class RowRouter:
-    """Routes one evaluation's UNet calls: adds, strips and records the reference rows a call needs.
+class ModelCall(Protocol):
+    """One call of the model over some rows, as a host makes it: the seam between router and host."""
 
-    It installs nothing: ``RivalSession`` calls ``before``/``after`` from its UNet hooks and writes
-    the attention plan ``before`` returns. How the reference rows reach the attention is a strategy
+    @property
+    def rows(self) -> int:
+        """Number of rows the call carries now."""
+
+    @property
+    def roles(self) -> Sequence[Role] | None:
+        """The roles of the call's rows where the host tells them; None: from the evaluation's layout."""
+
+    @property
+    def changed(self) -> bool:
+        """Whether reference rows were put into the call."""
+
+    @property
+    def device(self) -> torch.device:
+        """Where the call's rows are."""
+
+    def reference_latent(self, chain: InversionChain, sigma: float, count: int) -> Tensor:
+        """``count`` copies of the reference's latent at sigma in the form this call takes."""
+
+    def as_eps(self, output: Tensor, latent: Tensor, sigma: float) -> Tensor:
+        """The eps of output rows computed for ``latent`` rows at sigma."""
+
+    def put_reference_rows(self, latents: Tensor, texts: Sequence[Conditioning], keep_own: bool) -> None:
+        """Reference rows (latents, the call's level, their texts) in front of the call's rows, or alone."""
+
+    def alone(self) -> ModelCall:
+        """A copy of the call to carry reference rows alone (``run`` makes it)."""
+
+    def run(self) -> Tensor:
+        """Run this call through the model's own path, without another extension's wrapper."""
+
+
+class RowRouter:
+    """Routes one evaluation's model calls: adds, strips and records the reference rows a call needs.
+
+    It installs nothing: the session calls ``before``/``after`` around each model call and writes the
+    attention plan ``before`` returns. How the reference rows reach the attention is a strategy
     (``InCall``, ``Replayed``, ``SeparatePass``) chosen once, here.
     """
 
     def __init__(
         self,
-        unet: nn.Module,
         layers: int,
         params: RivalParams,
         reference: Reference,
-        parameterization: str = "eps",
         features: FeatureCache | None = None,
-        separate: bool | None = None,
+        separate: bool = False,
     ) -> None:
-        self.unet = unet
         self.layers = layers
         self.params = params
         self.reference = reference
-        self.parameterization = parameterization
         self.shared = reference.shared
-        self.signature = inspect.signature(type(unet).forward.__get__(unet))  # not an extension's wrapper
-        # Another extension's instance-level forward (ControlNet's) sizes its own inputs by the call's
-        # rows: then the reference rows run in a pass of their own through the class forward (no
-        # control residuals, as the official ControlNet pipeline) and are replayed into the call.
-        separate = "forward" in vars(unet) if separate is None else separate
         self.strategy: InCall = (
             SeparatePass(features) if separate else Replayed(features) if features is not None else InCall()
         )
@@ -101,7 +134,7 @@ class RowRouter:
         self.pending: Pending | None = None
 
     def begin(self, sigma: float, t: float, roles: Sequence[Role]) -> Evaluation:
-        """Start a model evaluation at (sigma, t) whose rows, over all its UNet calls, have ``roles``."""
+        """Start a model evaluation at (sigma, t) whose rows, over all its calls, have ``roles``."""
         self.evaluation = Evaluation(float(sigma), float(t), [Role(r) for r in roles])
         self.strategy.begin()
         return self.evaluation
@@ -109,6 +142,7 @@ class RowRouter:
     def end(self) -> Evaluation | None:
         """Close the evaluation (after CFG): later calls are not RIVAL's. Returns the closed one."""
         evaluation, self.evaluation = self.evaluation, None
+        self.strategy.end()
         return evaluation
 
     def reset(self) -> bool:
@@ -119,23 +153,23 @@ class RowRouter:
         self.pending = None
         return in_flight
 
-    def before(self, args: tuple, kwargs: dict, planned: Planned) -> Served:
-        """The call's new arguments (None: unchanged) and the attention plan for it."""
+    def before(self, call: ModelCall, planned: Planned) -> AttentionPlan | None:
+        """Put the reference rows the call needs into it (``call.changed``); the attention plan for it."""
         ev = self.evaluation
         self.pending = None
         if ev is None:
-            return None, None
-        call = CallArguments(self.signature, args, kwargs)
-        n = call.get("x").shape[0]
-        if ev.cursor + n > len(ev.roles):  # a call of someone else's: leave it alone
-            return None, None
-        roles = ev.roles[ev.cursor : ev.cursor + n]
-        ev.cursor += n
+            return None
+        roles = call.roles
+        if roles is None:
+            if ev.cursor + call.rows > len(ev.roles):  # a call of someone else's: leave it alone
+                return None
+            roles = ev.roles[ev.cursor : ev.cursor + call.rows]
+            ev.cursor += call.rows
         mode = self.params.attention_mode(ev.t)
         need_target = self.params.adain_active(ev.t) and ev.eps_ref is None
         rows = reference_rows(roles if mode is not AttentionMode.PLAIN else [], self.shared, need_target)
         if rows.count == 0:
-            return None, None
+            return None
         return self.strategy.serve(self, call, rows, mode, need_target, planned)
 
     def after(self, output: Tensor) -> Tensor | None:
@@ -146,54 +180,36 @@ class RowRouter:
         rows, ev = pending.rows, self.evaluation
         index = rows.index(Role.COND)
         if ev is not None and index is not None and ev.eps_ref is None:
-            ev.eps_ref = self.as_eps(output[index : index + 1], ev)
+            ev.eps_ref = pending.call.as_eps(output[index : index + 1], pending.latents[index : index + 1], ev.sigma)
         if ev is not None and self.strategy.cache is not None:
-            self.store(rows.roles, pending.record, output, ev)
+            self.store(rows.roles, pending, output, ev)
         return output[rows.count :]
 
-    def put_reference_rows(self, call: CallArguments, roles: tuple[Role, ...], keep_own: bool) -> None:
-        """Reference rows (latent, the call's timestep, their texts) in front of the call's rows, or alone."""
-        x = call.get("x")
-        z = self.reference_latent(len(roles), x)
-        t = torch.as_tensor(call.get("t"), device=x.device).reshape(-1)
-        own = Conditioning(call.get("context"), call.get("y"))
-        texts = [_like(self.reference.cond if r is Role.COND else self.reference.uncond, own) for r in roles]
-        joined = Conditioning.cat([*texts, own] if keep_own else texts)
-        call.set("x", torch.cat([z, x]) if keep_own else z)
-        reference_t = t[:1].expand(len(roles))
-        call.set("t", torch.cat([reference_t, t.expand(x.shape[0])]) if keep_own else reference_t)
-        call.set("context", joined.context)
-        if joined.y is not None:
-            call.set("y", joined.y)
+    def put_reference_rows(self, call: ModelCall, roles: tuple[Role, ...], keep_own: bool) -> Tensor:
+        """The evaluation's reference rows of ``roles`` into ``call``; returns their latents."""
+        latents = call.reference_latent(self.reference.chain, self.evaluation.sigma, len(roles))
+        call.put_reference_rows(latents, [self.reference.text(r) for r in roles], keep_own)
+        return latents
 
-    def store(self, roles: tuple[Role, ...], record: list | None, output: Tensor, ev: Evaluation) -> None:
+    def store(self, roles: tuple[Role, ...], pending: Pending, output: Tensor, ev: Evaluation) -> None:
         """Put the reference rows' features (when all layers recorded) and eps in the strategy's cache."""
         key = evaluation_key(ev.sigma, ev.t)
+        record = pending.record
         complete = record is not None and all(r is not None for r in record)
         for i, role in enumerate(roles):
             features = [r[i : i + 1].clone() for r in record] if complete else None
-            self.strategy.cache.put(key, role, features, self.as_eps(output[i : i + 1], ev))
-
-    def reference_latent(self, count: int, like: Tensor) -> Tensor:
-        z = self.reference.chain.reference_vp(self.evaluation.sigma).to(like.device, like.dtype)
-        return z.unsqueeze(0).expand(count, *z.shape)
-
-    def as_eps(self, out: Tensor, ev: Evaluation) -> Tensor:
-        if self.parameterization == "eps":
-            return out.detach().clone()
-        z = self.reference.chain.reference_vp(ev.sigma).to(out.device, out.dtype)
-        return eps_from_v(out, z, float(abar_of_sigma(ev.sigma)))
+            eps = pending.call.as_eps(output[i : i + 1], pending.latents[i : i + 1], ev.sigma)
+            self.strategy.cache.put(key, role, features, eps)
 
 
 @dataclass(frozen=True)
 class Pending:
-    """A call that carries reference rows, between the two hooks: its rows and the features it records."""
+    """A call that carries reference rows, between before and after: its rows, latents and recording."""
 
+    call: ModelCall
     rows: ReferenceRows
+    latents: Tensor
     record: list[Tensor | None] | None
-
-
-Served = tuple[tuple[tuple, dict] | None, AttentionPlan | None]
 
 
 class InCall:
@@ -204,19 +220,22 @@ class InCall:
     def begin(self) -> None:
         """A new evaluation."""
 
+    def end(self) -> None:
+        """The evaluation is closed."""
+
     def reset(self) -> None:
         """The hooks are removed."""
 
-    def serve(self, router: RowRouter, call: CallArguments, rows: ReferenceRows, mode: AttentionMode,
-              need_target: bool, planned: Planned) -> Served:
-        router.put_reference_rows(call, rows.roles, keep_own=True)
+    def serve(self, router: RowRouter, call: ModelCall, rows: ReferenceRows, mode: AttentionMode,
+              need_target: bool, planned: Planned) -> AttentionPlan | None:
+        latents = router.put_reference_rows(call, rows.roles, keep_own=True)
         record = None
         plan = None
         if mode is not AttentionMode.PLAIN:
             record = [None] * router.layers if self.cache is not None else None
             plan = AttentionPlan(mode, rows.sources, record=record, record_rows=rows.count)
-        router.pending = Pending(rows, record)
-        return call.args(), plan
+        router.pending = Pending(call, rows, latents, record)
+        return plan
 
 
 class Replayed(InCall):
@@ -226,8 +245,8 @@ class Replayed(InCall):
     def __init__(self, features: FeatureCache | None) -> None:
         self.cache = features
 
-    def serve(self, router: RowRouter, call: CallArguments, rows: ReferenceRows, mode: AttentionMode,
-              need_target: bool, planned: Planned) -> Served:
+    def serve(self, router: RowRouter, call: ModelCall, rows: ReferenceRows, mode: AttentionMode,
+              need_target: bool, planned: Planned) -> AttentionPlan | None:
         ev, cache = router.evaluation, self.cache
         key = evaluation_key(ev.sigma, ev.t)
         plain = mode is AttentionMode.PLAIN
@@ -236,62 +255,71 @@ class Replayed(InCall):
         if need_target:
             ev.eps_ref = cache.eps(key, Role.COND)
         if plain:
-            return None, None
-        banked = cache.banked(key, rows.roles, call.get("x").device)
-        return None, AttentionPlan(mode, rows.sources[rows.count :], banked=banked)
+            return None
+        banked = cache.banked(key, rows.roles, call.device)
+        return AttentionPlan(mode, rows.sources[rows.count :], banked=banked)
 
 
 class SeparatePass(Replayed):
-    """A pass of its own through the UNet's class forward records the evaluation's reference rows,
-    which are then replayed into the unchanged call (another extension's forward sizes its inputs by
-    the call's rows). Without a feature cache, one of this evaluation's rows only."""
+    """A pass of its own through the model's own path records the evaluation's reference rows, which
+    are then replayed into the unchanged call (another extension sizes its inputs by the call's rows).
+    Without a feature cache, the rows of the open evaluation only: each evaluation drops the last's."""
 
     def __init__(self, features: FeatureCache | None) -> None:
         super().__init__(features)
         self.features = features
 
     def begin(self) -> None:
-        if self.features is None:  # only this evaluation's rows: nothing accumulates
+        if self.features is None:  # only the open evaluation's rows: nothing accumulates
             self.cache = FeatureCache(max_bytes=2**62, device_bytes=2**62)
+
+    end = begin
 
     def reset(self) -> None:
         self.cache = self.features
 
-    def serve(self, router: RowRouter, call: CallArguments, rows: ReferenceRows, mode: AttentionMode,
-              need_target: bool, planned: Planned) -> Served:
+    def serve(self, router: RowRouter, call: ModelCall, rows: ReferenceRows, mode: AttentionMode,
+              need_target: bool, planned: Planned) -> AttentionPlan | None:
         self.reference_pass(router, call, mode, planned)
         return super().serve(router, call, rows, mode, need_target, planned)
 
-    def reference_pass(self, router: RowRouter, call: CallArguments, mode: AttentionMode, planned: Planned) -> None:
-        """Run the evaluation's missing reference rows through the UNet's class forward and record them."""
+    def reference_pass(self, router: RowRouter, call: ModelCall, mode: AttentionMode, planned: Planned) -> None:
+        """Run the evaluation's missing reference rows through the model's own path and record them."""
         ev, cache = router.evaluation, self.cache
         key, plain = evaluation_key(ev.sigma, ev.t), mode is AttentionMode.PLAIN
-        wanted = reference_rows(ev.roles if not plain else [], router.shared, router.params.adain_active(ev.t))
+        served = [] if plain else [*ev.roles, *(call.roles or [])]  # the whole layout where it is known
+        wanted = reference_rows(served, router.shared, router.params.adain_active(ev.t))
         roles = tuple(r for r in wanted.roles if not cache.has(key, r, need_features=not plain))
         if not roles:
             return
-        alone = CallArguments(router.signature, *call.args())
-        router.put_reference_rows(alone, roles, keep_own=False)
+        alone = call.alone()
+        latents = router.put_reference_rows(alone, roles, keep_own=False)
         record: list[Tensor | None] = [None] * router.layers
         plan = AttentionPlan(
             AttentionMode.PLAIN, torch.arange(len(roles)), record=None if plain else record, record_rows=len(roles)
         )
-        args, kwargs = alone.args()
         with planned(plan):
-            output = type(router.unet).forward(router.unet, *args, **kwargs)
-        router.store(roles, None if plain else record, output, ev)
+            output = alone.run()
+        router.store(roles, Pending(alone, wanted, latents, None if plain else record), output, ev)
 
 
-class CallArguments:
-    """A UNet call's arguments by role (x, t, context, y), wherever the forward's signature puts them.
+class UNetCall:
+    """A call of an ldm/sgm UNet module (A1111's): its arguments by role (x, t, context, y), wherever the
+    forward's signature puts them; x is the VP latent, t the timestep, the output eps or v.
 
     A1111 replaces the UNet class's forward by ``forward(self, x, timesteps, context, *args, **kwargs)``,
     so SDXL's ``y`` arrives among the keyword extras rather than as a named parameter.
     """
 
-    def __init__(self, signature: inspect.Signature, args: tuple, kwargs: dict) -> None:
-        self.bound = signature.bind(*args, **kwargs)
-        self.extra = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+    roles = None
+
+    def __init__(self, unet: nn.Module, args: tuple, kwargs: dict, parameterization: str = "eps") -> None:
+        self.unet = unet
+        self.parameterization = parameterization
+        self.signature = inspect.signature(type(unet).forward.__get__(unet))  # not an extension's wrapper
+        self.bound = self.signature.bind(*args, **kwargs)
+        self.extra = next((p.name for p in self.signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+        self.changed = False
 
     def _slot(self, role: str) -> tuple[dict, str] | None:
         values = self.bound.arguments
@@ -314,7 +342,49 @@ class CallArguments:
         slot[0][slot[1]] = value
 
     def args(self) -> tuple[tuple, dict]:
+        """The call's arguments as a forward pre-hook returns them."""
         return self.bound.args, dict(self.bound.kwargs)
+
+    @property
+    def rows(self) -> int:
+        return self.get("x").shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.get("x").device
+
+    def reference_latent(self, chain: InversionChain, sigma: float, count: int) -> Tensor:
+        x = self.get("x")
+        z = chain.reference_vp(sigma).to(x.device, x.dtype)
+        return z.unsqueeze(0).expand(count, *z.shape)
+
+    def as_eps(self, output: Tensor, latent: Tensor, sigma: float) -> Tensor:
+        if self.parameterization == "eps":
+            return output.detach().clone()
+        return eps_from_v(output, latent.to(output), float(abar_of_sigma(sigma)))
+
+    def put_reference_rows(self, latents: Tensor, texts: Sequence[Conditioning], keep_own: bool) -> None:
+        x = self.get("x")
+        t = torch.as_tensor(self.get("t"), device=x.device).reshape(-1)
+        own = Conditioning(self.get("context"), self.get("y"))
+        joined = Conditioning.cat([*[_like(text, own) for text in texts], *([own] if keep_own else [])])
+        count = len(latents)
+        self.set("x", torch.cat([latents, x]) if keep_own else latents)
+        reference_t = t[:1].expand(count)
+        self.set("t", torch.cat([reference_t, t.expand(x.shape[0])]) if keep_own else reference_t)
+        self.set("context", joined.context)
+        if joined.y is not None:
+            self.set("y", joined.y)
+        self.changed = True
+
+    def alone(self) -> UNetCall:
+        args, kwargs = self.args()
+        return UNetCall(self.unet, args, kwargs, self.parameterization)
+
+    def run(self) -> Tensor:
+        """Through the UNet's class forward: another extension's instance forward (ControlNet's) is skipped."""
+        args, kwargs = self.args()
+        return type(self.unet).forward(self.unet, *args, **kwargs)
 
 
 def _like(text: Conditioning, own: Conditioning) -> Conditioning:

@@ -1,12 +1,14 @@
-"""One generation's evaluation protocol: hooks in and out together, evaluations, AdaIN after guidance.
+"""One generation's evaluation protocol: evaluations, the attention plan, AdaIN after guidance.
 
-A ``RivalSession`` installs every RIVAL hook on a UNet at once (the self-attention injector and the
-UNet's pre/post hooks that carry the reference rows) and removes them together, also on error.
-Each model evaluation of the sampler is opened by ``begin(sigma, t, roles)`` and closed by
-``after_guidance``, which applies AdaIN to the guided prediction (eps for timestep samplers,
-denoised x0 for k-diffusion ones) while t > t_early. The session is the only writer of the
-attention plan: the row router (``reference_rows``) returns the plan for each call and the
-session sets it for that call. Both the library's samplers (``sampling``) and the A1111 job drive it.
+An ``Alignment`` is what a pass of a RIVAL generation installs on a model: each model evaluation of
+the sampler is opened by ``begin(sigma, t, roles)`` and closed by ``after_guidance``, which applies
+AdaIN to the guided prediction (eps for timestep samplers, denoised x0 for k-diffusion ones) while
+t > t_early. Between the two, every model call goes through the row router (``reference_rows``),
+which returns the attention plan of that call; the alignment is the only writer of the plan.
+
+How the plan and the rows reach the model is the mechanism's: ``RivalSession`` (here) puts module
+hooks on a torch UNet (A1111, and the library's own samplers), ``rival_ext.forge`` puts patches on
+Forge's per-sampling UNet clone. Both are driven the same way by the job.
 """
 
 from __future__ import annotations
@@ -23,65 +25,29 @@ from .conditioning import Role
 from .feature_cache import FeatureCache
 from .hooks import HookHandles
 from .params import RivalParams
-from .reference_rows import Evaluation, Reference, RowRouter
+from .reference_rows import Evaluation, Reference, RowRouter, UNetCall
 
 
-class RivalSession:
-    """The hooks and the open evaluation of one generation on one UNet.
+class Alignment:
+    """The open evaluation and the attention plan of one pass; ``install``/``remove`` are the mechanism's."""
 
-    ``injector``: an injector whose hooks someone else installed (the session then installs only
-    the row hooks and leaves the injector's alone); by default the session makes and owns one.
-    """
-
-    def __init__(
-        self,
-        unet: nn.Module,
-        params: RivalParams,
-        reference: Reference,
-        parameterization: str = "eps",
-        features: FeatureCache | None = None,
-        separate: bool | None = None,
-        injector: SelfAttentionInjector | None = None,
-    ) -> None:
-        self.unet = unet
+    def __init__(self, router: RowRouter, params: RivalParams) -> None:
+        self.rows = router
         self.params = params
-        self.reference = reference
-        self._owns_injector = injector is None
-        self.injector = SelfAttentionInjector(unet) if injector is None else injector
-        self.rows = RowRouter(unet, len(self.injector.layers), params, reference, parameterization, features, separate)
-        self._handles = HookHandles("row")
+        self.plan: AttentionPlan | None = None
 
-    # -- hooks ------------------------------------------------------------------------------------
-
-    def install(self) -> RivalSession:
-        """Put every hook on the UNet (all or none)."""
-        self._handles.begin()
-        try:
-            if self._owns_injector:
-                self.injector.__enter__()
-            self._handles.add(self.unet.register_forward_pre_hook(self._before, with_kwargs=True))
-            self._handles.add(self.unet.register_forward_hook(self._after))
-        except BaseException:
-            self.remove()
-            raise
+    def install(self) -> Alignment:
+        """Put the mechanism on the model (all or none)."""
         return self
 
     def remove(self) -> None:
-        """Remove every hook (idempotent) and forget the evaluation."""
-        self._handles.remove()
-        if self.rows.reset():  # a call raised between the two hooks: drop the plan it set
+        """Take it off (idempotent) and forget the evaluation."""
+        if self.rows.reset():  # a call raised between before and after: drop the plan it set
             self._plan(None)
-        if self._owns_injector:
-            self.injector.remove()
 
     close = remove
 
-    @property
-    def installed(self) -> bool:
-        """Whether the row hooks are on the UNet now."""
-        return bool(self._handles)
-
-    def __enter__(self) -> RivalSession:
+    def __enter__(self) -> Alignment:
         return self.install()
 
     def __exit__(self, *exc: object) -> None:
@@ -90,26 +56,16 @@ class RivalSession:
     # -- the attention plan (its only writer) -----------------------------------------------------
 
     def _plan(self, plan: AttentionPlan | None) -> None:
-        self.injector.plan = plan
+        self.plan = plan
 
     @contextmanager
     def planned(self, plan: AttentionPlan | None) -> Iterator[None]:
-        """``plan`` for the UNet calls inside the block (the reference pass), then none."""
+        """``plan`` for the model calls inside the block (the reference pass), then none."""
         self._plan(plan)
         try:
             yield
         finally:
             self._plan(None)
-
-    def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        self._plan(None)
-        call, plan = self.rows.before(args, kwargs, self.planned)
-        self._plan(plan)
-        return call
-
-    def _after(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
-        self._plan(None)
-        return self.rows.after(output)
 
     # -- evaluations ------------------------------------------------------------------------------
 
@@ -119,7 +75,7 @@ class RivalSession:
         return self.rows.evaluation
 
     def begin(self, sigma: float, t: float, roles: Sequence[Role]) -> Evaluation:
-        """Open a model evaluation at (sigma, t) whose rows, over all its UNet calls, have ``roles``."""
+        """Open a model evaluation at (sigma, t) whose rows, over all its calls, have ``roles``."""
         return self.rows.begin(sigma, t, roles)
 
     def end(self) -> Evaluation | None:
@@ -138,3 +94,75 @@ class RivalSession:
             return adain(guided, evaluation.eps_ref)
         sigma = torch.full((x.shape[0],), evaluation.sigma, device=x.device, dtype=x.dtype)
         return adain_denoised(guided, x, sigma, evaluation.eps_ref)
+
+
+class RivalSession(Alignment):
+    """Module hooks on one torch UNet: the self-attention injector and the UNet's pre/post hooks.
+
+    ``injector``: an injector whose hooks someone else installed (the session then installs only
+    the row hooks and leaves the injector's alone); by default the session makes and owns one.
+    ``separate``: the reference rows run in a pass of their own (default: when another extension
+    replaced the UNet's forward on the instance, as ControlNet does, sizing its inputs by the call).
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        params: RivalParams,
+        reference: Reference,
+        parameterization: str = "eps",
+        features: FeatureCache | None = None,
+        separate: bool | None = None,
+        injector: SelfAttentionInjector | None = None,
+    ) -> None:
+        self.unet = unet
+        self.parameterization = parameterization
+        self._owns_injector = injector is None
+        self.injector = SelfAttentionInjector(unet) if injector is None else injector
+        separate = "forward" in vars(unet) if separate is None else separate
+        super().__init__(RowRouter(len(self.injector.layers), params, reference, features, separate), params)
+        self._handles = HookHandles("row")
+
+    def install(self) -> RivalSession:
+        """Put every hook on the UNet (all or none)."""
+        self._handles.begin()
+        try:
+            if self._owns_injector:
+                self.injector.__enter__()
+            self._handles.add(self.unet.register_forward_pre_hook(self._before, with_kwargs=True))
+            self._handles.add(self.unet.register_forward_hook(self._after))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent) and forget the evaluation."""
+        self._handles.remove()
+        super().remove()
+        if self._owns_injector:
+            self.injector.remove()
+
+    close = remove
+
+    @property
+    def installed(self) -> bool:
+        """Whether the row hooks are on the UNet now."""
+        return bool(self._handles)
+
+    @property
+    def reference(self) -> Reference:
+        return self.rows.reference
+
+    def _plan(self, plan: AttentionPlan | None) -> None:
+        self.plan = self.injector.plan = plan
+
+    def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        self._plan(None)
+        call = UNetCall(self.unet, args, kwargs, self.parameterization)
+        self._plan(self.rows.before(call, self.planned))
+        return call.args() if call.changed else None
+
+    def _after(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        self._plan(None)
+        return self.rows.after(output)

@@ -1,8 +1,8 @@
-"""RIVAL for the AUTOMATIC1111 WebUI: the panel and the sampling hooks (all logic in rival_ext)."""
+"""RIVAL for the AUTOMATIC1111 WebUI and its Forge forks: the panel and the callbacks (all logic in rival_ext)."""
 
 from modules import script_callbacks, scripts
 
-from rival_ext.a1111 import extension, settings, ui, xyz
+from rival_ext.webui import extension, settings, ui, xyz
 
 
 class RivalScript(scripts.Script):

@@ -17,7 +17,7 @@ import fake_model  # noqa: E402
 from modules import processing, script_callbacks, scripts  # noqa: E402
 from modules.api import api  # noqa: E402
 
-from rival_ext.a1111.job import CHAINS  # noqa: E402
+from rival_ext.job import CHAINS  # noqa: E402
 
 
 def reference_image() -> Image.Image:
@@ -76,8 +76,8 @@ def enabled(**values) -> dict:
     return {"enabled": True, "reference_image": reference_image(), **values}
 
 
-def img2img(module, rival, mask=None, **settings):
-    image = reference_image().resize((64, 64))
+def img2img(module, rival, mask=None, image=None, **settings):
+    image = reference_image().resize((64, 64)) if image is None else image
     p = processing.StableDiffusionProcessingImg2Img(
         prompt="a cat", negative_prompt="", steps=6, width=64, height=64, seed=3,
         sampler_name=settings.pop("sampler_name", "Euler"),

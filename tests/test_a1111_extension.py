@@ -26,8 +26,8 @@ from a1111_harness import (
 from modules import errors, processing, script_callbacks, scripts, shared
 from PIL import Image
 
-from rival_ext.a1111 import extension
-from rival_ext.a1111.args import FIELDS, RivalInputError
+from rival_ext.webui import extension
+from rival_ext.webui.args import FIELDS, RivalInputError
 
 
 def test_disabled_is_bit_identical_to_the_extension_absent(a1111):
@@ -234,7 +234,7 @@ def test_the_panel_builds_for_the_api_defaults(a1111):
 
 def test_xyz_overrides_apply_per_cell(a1111):
     _, module = a1111
-    from rival_ext.a1111 import xyz
+    from rival_ext.webui import xyz
 
     p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat", steps=6, width=64, height=64, seed=3,
                                                     sampler_name="Euler")
@@ -347,7 +347,7 @@ def test_feature_cache_setting_replays_the_reference_exactly(a1111, monkeypatch)
 
 
 def test_settings_are_registered(a1111):
-    from rival_ext.a1111 import settings
+    from rival_ext.webui import settings
 
     settings.add_settings()
     for key in ("rival_default_preset", "rival_chain_cache_entries", "rival_chain_cache_mb", "rival_feature_cache"):
@@ -357,7 +357,7 @@ def test_settings_are_registered(a1111):
 def test_use_the_selected_result_reads_every_gallery_form(tmp_path):
     import gradio as gr
 
-    from rival_ext.a1111.ui import selected_image
+    from rival_ext.webui.ui import selected_image
 
     path = tmp_path / "result.png"
     reference_image().save(path)
@@ -400,7 +400,7 @@ def test_xyz_axes_are_registered_once_on_the_xyz_script(a1111, monkeypatch):
     import types
     from collections import namedtuple
 
-    from rival_ext.a1111 import xyz
+    from rival_ext.webui import xyz
 
     axis = namedtuple("AxisOption", ["label", "type", "apply", "choices"], defaults=[None])
     xyz_module = types.SimpleNamespace(AxisOption=axis, axis_options=[])

@@ -1,4 +1,4 @@
-"""Mutation-killing checks of the A1111 glue (``rival_ext/a1111/job.py``) that whole-image tests missed.
+"""Mutation-killing checks of the job (``rival_ext/job.py``) through the A1111 stub that whole-image tests missed.
 
 Each test names the plausible bug it catches; the mutation table is in the project report.
 """
@@ -11,7 +11,7 @@ from a1111_harness import enabled, img2img, txt2img
 from modules import script_callbacks, shared
 from PIL import Image
 
-from rival_ext.a1111.job import CHAINS
+from rival_ext.job import CHAINS
 
 
 def _keep_inputs(module, sampler: str) -> tuple[list[tuple[float, torch.Tensor]], torch.Tensor]:
@@ -126,7 +126,7 @@ def test_sdxl_reference_uncond_is_encoded_as_a1111_encodes_an_empty_negative(a11
     """Kills: the reference-uncond row for an empty reference text taken from the cond (right for SD1, where
     "" encodes the same either way) also for SDXL, where A1111 zeroes an all-empty negative
     (sd_models_xl.get_learned_conditioning: force_zero_embeddings)."""
-    from rival_ext.a1111 import job
+    from rival_ext import job
 
     model, module = a1111
     monkeypatch.setattr(model, "is_sdxl", True)
@@ -222,7 +222,7 @@ def test_the_a1111_host_has_every_member_of_the_host_protocol(a1111):
     model, _ = a1111
     host = A1111Host(model)
     members = [n for n in vars(Host) if not n.startswith("_")] + list(Host.__annotations__)
-    assert {"unet", "schedule", "encode_reference", "encode_text", "eps_model", "full_precision"} <= set(members)
+    assert {"align", "schedule", "encode_reference", "encode_text", "eps_model", "full_precision"} <= set(members)
     for name in members:
         assert getattr(host, name) is not None, name
     assert host.unet is model.model.diffusion_model and host.schedule is host.schedule

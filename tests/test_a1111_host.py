@@ -18,9 +18,9 @@ from modules import processing, script_callbacks, scripts, shared
 from modules.api import api
 from PIL import Image
 
-from rival_ext.a1111 import extension
-from rival_ext.a1111.args import FIELDS, RivalInputError, panel_defaults, parse_args
 from rival_ext.a1111.model import encode_reference, full_precision, no_autocast
+from rival_ext.webui import extension
+from rival_ext.webui.args import FIELDS, RivalInputError, panel_defaults, parse_args
 
 
 def _spy_args(monkeypatch) -> list:
@@ -259,9 +259,10 @@ def test_inpainting_keeps_the_unmasked_region_on_the_inpainted_images_chain(a111
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(("full_res", "chains"), [(False, 1), (True, 2)])
-def test_inpainting_with_the_init_image_as_reference_inverts_once_on_the_whole_picture(a1111, full_res, chains):
-    """"Only masked" (the API's default) inpaints A1111's crop: its own chain, the reference fills the crop's size."""
+@pytest.mark.parametrize("full_res", [False, True])
+def test_inpainting_with_the_init_image_as_reference_inverts_once(a1111, full_res):
+    """The init image as reference is the picture A1111 inpaints (for "Only masked", the API's default, its crop):
+    one inversion serves the reference and the keep region."""
     model, module = a1111
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (8, 8, 40, 24))
@@ -269,8 +270,31 @@ def test_inpainting_with_the_init_image_as_reference_inverts_once_on_the_whole_p
                         inpaint_full_res=full_res)
     assert len(result.images) == 1 and "RIVAL: inpainting" in result.info
     assert ("Inpaint area: Only masked" in result.info) == full_res
-    assert len(CHAINS._items) == chains
+    assert len(CHAINS._items) == 1
     assert hook_count(model) == 0
+
+
+@pytest.mark.parametrize("full_res", [False, True])
+def test_the_init_image_as_reference_is_the_picture_a1111_encodes(a1111, monkeypatch, full_res):
+    """An init image of another aspect ratio is stretched by A1111 (resize mode "Just resize"), and "Only masked"
+    encodes the mask's crop: the reference taken from the init image must be that very picture (a centre crop
+    moved the keep region's end 0.42 off what A1111 encoded)."""
+    model, module = a1111
+    seen = []
+    encode = model.encode_first_stage
+
+    def spy(x):
+        seen.append(x.detach().clone())
+        return encode(x)
+
+    monkeypatch.setattr(model, "encode_first_stage", spy)
+    wide = reference_image().resize((96, 64))
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (40, 8, 72, 40))
+    img2img(module, {"enabled": True, "use_init_image": True, "preset": "inpainting"}, mask=mask, image=wide,
+            inpaint_full_res=full_res)
+    a1111_pixels, reference_pixels = seen  # A1111's init encoding, then RIVAL's reference
+    torch.testing.assert_close(reference_pixels, a1111_pixels, rtol=0, atol=1e-6)
 
 
 def test_lowvram_precision_fallback_is_noted(a1111):

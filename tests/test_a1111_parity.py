@@ -20,8 +20,8 @@ chain is float32 by design (``encode_reference`` returns float32, so ``invert`` 
 ``A1111Eps`` returns float32 eps): ~1e-7, the float32 round-off, and the bound cannot be tighter through the
 A1111 path. *Loop*: the official loop is given the extension's chain (as the VP float32 latents the
 reference rows are fed) and the first model input; then the DDIM loops agree to 1e-14. For Euler two float32
-roundings remain, both of values A1111 itself keeps in float32: the sigmas handed to the sampler
-(``job.py`` ``sampler_noise_scheduler_override`` uses ``sigmas.float()``; k-diffusion also passes the sigma as
+roundings remain, both of values A1111 itself keeps in float32: the sigmas handed to the sampler (the
+``sampler_noise_scheduler_override`` of ``webui/sampling.py`` uses ``sigmas.float()``; k-diffusion passes the sigma as
 ``sigmas[i] * s_in`` with ``s_in = x.new_ones``, float32 because A1111's noise is float32): 4e-8 .. 1.2e-7.
 Handed float64 sigmas and float64 noise (test below), Euler agrees to 1.5e-8 (10 steps) / 7.6e-9 (50): what
 is left is ``RivalJob.on_cfg_after_cfg`` building the AdaIN sigma with ``torch.full(...)`` in the default
@@ -61,11 +61,11 @@ import torch
 from a1111_harness import a1111_environment, attach, enabled, fake_model
 from official_rival import OfficialConfig, OfficialTexts, ddim_inversion, ddim_timesteps, official_rival
 
-from rival_ext.a1111 import job
-from rival_ext.a1111.job import CHAINS
 from rival_ext.a1111.model import schedule_of
+from rival_ext.job import CHAINS
 from rival_ext.noise import vp_scale
 from rival_ext.params import AttentionMode, RivalParams
+from rival_ext.webui import sampling
 
 INDEPENDENT_RTOL = 1e-6  # float32 chain (see the docstring); measured <= 2e-7
 LOOP_RTOL = 1e-12  # float64 DDIM loops; measured <= 1.2e-14
@@ -234,7 +234,7 @@ def test_euler_with_float64_sigmas_equals_the_official_loop_to_round_off(env64, 
     ``on_cfg_after_cfg`` (see the module docstring)."""
     model, module = env64
     case = Case("prompt", steps, "Euler")
-    swap = job.swap_attribute
+    swap = sampling.swap_attribute
 
     def float64_sigmas(obj, name, value):
         if name == "sampler_noise_scheduler_override":
@@ -246,7 +246,7 @@ def test_euler_with_float64_sigmas_equals_the_official_loop_to_round_off(env64, 
                 return exact
         return swap(obj, name, value)
 
-    monkeypatch.setattr(job, "swap_attribute", float64_sigmas)
+    monkeypatch.setattr(sampling, "swap_attribute", float64_sigmas)
     from modules import rng
 
     next_noise = rng.ImageRNG.next

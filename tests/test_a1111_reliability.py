@@ -17,9 +17,9 @@ from a1111_harness import CHAINS, callback_count, enabled, hook_count, img2img, 
 from modules import errors, processing, shared
 from PIL import Image
 
-from rival_ext.a1111 import extension
-from rival_ext.a1111.args import RivalInputError
-from rival_ext.a1111.job import RivalRuntimeError
+from rival_ext.request import RivalRuntimeError
+from rival_ext.webui import extension
+from rival_ext.webui.args import RivalInputError
 
 
 def fail_on_call(model, n: int, error: BaseException):
@@ -346,7 +346,7 @@ def test_fewer_inversion_steps_make_a_coarser_chain(a1111, monkeypatch):
 
 def test_the_feature_cache_is_dropped_when_the_chain_changes(a1111, monkeypatch):
     _, module = a1111
-    from rival_ext.a1111.job import FEATURES
+    from rival_ext.job import FEATURES
 
     monkeypatch.setattr(shared.opts, "rival_feature_cache", True, raising=False)
     txt2img(module, enabled(preset="variation"))

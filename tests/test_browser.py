@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rival_ext.a1111.fields import EXTRA_TITLES, FIELD, FIELDS, PRESET_OUTPUTS, REFERENCE_KEY, panel_value, titles
 from rival_ext.params import PRESETS
+from rival_ext.webui.fields import EXTRA_TITLES, FIELD, FIELDS, PRESET_OUTPUTS, REFERENCE_KEY, panel_value, titles
 
 CHROMIUM = os.environ.get("RIVAL_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("RIVAL_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -296,8 +296,8 @@ def test_picking_a_preset_fills_its_values(page, app, title):
 
 def _written_infotext() -> dict[str, str]:
     """An infotext the extension writes for values off every preset ("RIVAL: custom"), as text."""
-    from rival_ext.a1111.args import parse_named
-    from rival_ext.a1111.infotext import generation_params
+    from rival_ext.webui.args import parse_named
+    from rival_ext.webui.infotext import generation_params
 
     args = parse_named({"enabled": True, "preset": "editing", "t_align": 450, "t_early": 350, "early_plain": 980,
                         "reference_prompt": "same as the prompt", "init_latent": "seed noise",

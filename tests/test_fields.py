@@ -9,18 +9,18 @@ from pathlib import Path
 import a1111_harness  # noqa: F401 (puts the A1111 stub on sys.path)
 import pytest
 
-from rival_ext.a1111 import fields
-from rival_ext.a1111.args import panel_defaults, parse_named
-from rival_ext.a1111.fields import FIELD, FIELDS, PRESET_OUTPUTS, TABLE
-from rival_ext.a1111.ui import IMG2IMG_ONLY
 from rival_ext.params import PRESETS, RivalParams
+from rival_ext.webui import fields
+from rival_ext.webui.args import panel_defaults, parse_named
+from rival_ext.webui.fields import FIELD, FIELDS, PRESET_OUTPUTS, TABLE
+from rival_ext.webui.ui import IMG2IMG_ONLY
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_browser_gets_the_tables_tooltips() -> None:
     committed = (ROOT / fields.TITLES_JS).read_text(encoding="utf-8")
-    assert committed == fields.titles_js(), "run `python -m rival_ext.a1111.fields` to regenerate it"
+    assert committed == fields.titles_js(), "run `python -m rival_ext.webui.fields` to regenerate it"
     assert "Object.assign(titles" not in (ROOT / "javascript" / "rival.js").read_text(encoding="utf-8")
 
 
@@ -46,7 +46,7 @@ def _built_panel(a1111):
 
 
 def test_the_panel_shows_the_tables_labels_values_and_info(a1111) -> None:
-    from rival_ext.a1111.settings import default_preset
+    from rival_ext.webui.settings import default_preset
 
     _, components, demo = _built_panel(a1111)
     defaults = panel_defaults(default_preset())  # the panel starts with the Settings' preset
@@ -65,7 +65,7 @@ def test_the_panel_shows_the_tables_labels_values_and_info(a1111) -> None:
 
 @pytest.mark.parametrize("name", [*PRESETS, "nonexistent"])
 def test_a_preset_fills_exactly_the_tables_preset_controls(name) -> None:
-    from rival_ext.a1111.ui import preset_values
+    from rival_ext.webui.ui import preset_values
 
     title = PRESETS[name].title if name in PRESETS else name
     values = preset_values(title)
@@ -76,7 +76,7 @@ def test_a_preset_fills_exactly_the_tables_preset_controls(name) -> None:
 
 
 def test_infotext_written_from_the_table_pastes_back(a1111) -> None:
-    from rival_ext.a1111.infotext import generation_params
+    from rival_ext.webui.infotext import generation_params
 
     script, components, _ = _built_panel(a1111)
     args = parse_named({"enabled": True, "preset": "custom", "t_align": 450.5, "reference_prompt": "custom",
@@ -97,7 +97,7 @@ def test_the_xyz_axes_are_the_tables(monkeypatch) -> None:
 
     from modules import scripts
 
-    from rival_ext.a1111 import xyz
+    from rival_ext.webui import xyz
 
     axis = namedtuple("AxisOption", ["label", "type", "apply", "choices"], defaults=[None])
     xyz_module = types.SimpleNamespace(AxisOption=axis, axis_options=[])

@@ -8,9 +8,9 @@ import pytest
 from a1111_harness import enabled, img2img, txt2img
 from modules import shared
 
-from rival_ext.a1111.fields import FIELD, FIELDS
-from rival_ext.a1111.ui import PRESET_EDITS, custom_prompt_visibility, preset_after_edit
 from rival_ext.image import pixel_hash
+from rival_ext.webui.fields import FIELD, FIELDS
+from rival_ext.webui.ui import PRESET_EDITS, custom_prompt_visibility, preset_after_edit
 
 
 def _panel(module, is_img2img: bool = False):
@@ -36,8 +36,8 @@ def test_a_pasted_infotext_is_not_overwritten_by_the_preset(a1111):
 
 
 def _edits(title: str, **changed) -> list[object]:
-    from rival_ext.a1111.args import panel_defaults
-    from rival_ext.a1111.fields import PRESET_LABELS
+    from rival_ext.webui.args import panel_defaults
+    from rival_ext.webui.fields import PRESET_LABELS
 
     values = panel_defaults(PRESET_LABELS[title])
     return [changed.get(name, values[name]) for name in PRESET_EDITS]
@@ -76,7 +76,7 @@ def test_txt2img_does_not_offer_the_inpainting_preset(a1111):
 
 @pytest.mark.parametrize("stored", ["Prompt-guided (style transfer)", "prompt_guided"])
 def test_the_default_preset_setting_shows_titles_and_reads_old_names(stored, monkeypatch):
-    from rival_ext.a1111.settings import add_settings, default_preset
+    from rival_ext.webui.settings import add_settings, default_preset
 
     add_settings()
     titles = shared.opts.data_labels["rival_default_preset"].component_args["choices"]
@@ -94,16 +94,12 @@ def test_the_init_image_as_reference_is_recorded_by_its_hash(a1111):
 
 
 def test_the_gpu_part_of_the_feature_cache_never_exceeds_the_total(monkeypatch):
-    from types import SimpleNamespace
+    from rival_ext import job
+    from rival_ext.webui import settings
 
-    from modules import devices
-
-    from rival_ext.a1111 import job
-
-    monkeypatch.setattr(devices, "device", SimpleNamespace(type="cuda"))
     shared.opts.data.update(rival_feature_cache=True, rival_feature_cache_mb=512, rival_feature_cache_gpu_mb=2048)
     try:
-        cache = job.feature_cache(("key",))
+        cache = job.feature_cache(("key",), settings.current(), on_gpu=True)
         assert cache.device_bytes == 512 * 2**20
     finally:
         shared.opts.data.update(rival_feature_cache=False)
@@ -121,7 +117,7 @@ def test_the_official_settings_api_field_samples_as_the_paper(a1111):
 
 def test_the_official_settings_button_sets_the_tabs_controls(a1111):
     """A1111 creates its steps/CFG/sampler/schedule controls (elem_id ``txt2img_...``) beside the panel."""
-    from rival_ext.a1111.ui import official_values
+    from rival_ext.webui.ui import official_values
 
     _, module = a1111
     script = module.RivalScript()

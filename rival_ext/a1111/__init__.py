@@ -1,1 +1,1 @@
-"""The only part of RIVAL that talks to the AUTOMATIC1111 WebUI (imports its ``modules``)."""
+"""The A1111 host adapter: RIVAL on A1111's loaded ldm/sgm model, through module hooks (``A1111Host``)."""

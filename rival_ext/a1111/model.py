@@ -1,14 +1,15 @@
-"""What RIVAL needs from A1111's loaded model: UNet, schedule, VAE mean, text rows, eps.
+"""What RIVAL needs from A1111's loaded model: UNet, schedule, VAE mean, text rows, eps, hooks.
 
 Everything goes through the model object A1111 hands the sampler (``apply_model`` with its
 casts and autocast, ``get_learned_conditioning`` with textual inversion and LoRA in effect), so
 the reference is treated exactly like the generated image. ``A1111Host`` offers all of it as the
-library's ``rival_ext.host.Host``, the only way the job reaches the model.
+library's ``rival_ext.host.Host``, the only way the job reaches the model; RIVAL's mechanism here
+is module hooks on the ldm/sgm UNet (``rival_ext.session.RivalSession``), removed after each pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cached_property
 
@@ -19,8 +20,13 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from ..eps_models import UNetEps
+from ..feature_cache import FeatureCache
 from ..host import PassLevels, UnsupportedModel
 from ..noise import DiscreteSchedule, abar_of_sigma, eps_from_v
+from ..params import RivalParams
+from ..reference_rows import Reference
+from ..session import RivalSession
+from ..webui.sampling import override_schedule, pass_levels
 
 
 def unet_of(sd_model: object) -> nn.Module:
@@ -150,12 +156,13 @@ class A1111Eps:
 
 
 def model_identity(sd_model: object) -> str:
-    """A string that changes when the weights in effect change (checkpoint, VAE, networks)."""
+    """A string that changes when the weights in effect change (checkpoint, VAE, networks, precision)."""
     info = getattr(sd_model, "sd_checkpoint_info", None)
     parts = [
         getattr(info, "shorthash", None) or getattr(info, "name", None) or str(id(sd_model)),
         str(getattr(shared.opts, "sd_vae", "") if hasattr(shared, "opts") else ""),
         str(getattr(sd_model, "sd_model_hash", "")),
+        str(devices.dtype_unet),
     ]
     try:
         import networks  # A1111's built-in Lora extension
@@ -227,6 +234,8 @@ def low_vram(sd_model: object) -> bool:
 class A1111Host:
     """``rival_ext.host.Host`` on A1111's loaded model (one sampling pass)."""
 
+    stacked_cfg_rows = True  # on_cfg_denoiser's x holds every row A1111 gives the model, uncond rows last
+
     def __init__(self, sd_model: object) -> None:
         self.model = sd_model
 
@@ -257,8 +266,23 @@ class A1111Host:
     def low_vram(self) -> bool:
         return low_vram(self.model)
 
+    @property
+    def on_gpu(self) -> bool:
+        return devices.device.type == "cuda"
+
     def pass_levels(self, p: object, txt2img: bool, hires: bool) -> PassLevels:
         return pass_levels(p, self.schedule, txt2img, hires)
+
+    def callbacks_vp(self, levels: PassLevels) -> bool:
+        """A1111's DDIM/PLMS/UniPC denoiser works on VP latents, timesteps and eps."""
+        return levels.timesteps
+
+    def override_schedule(self, p: object, sigmas: Tensor) -> Callable[[], None]:
+        return override_schedule(p, sigmas)
+
+    def set_start_noise(self, p: object, x: Tensor, noise: Tensor, start_noise: Tensor, txt2img: bool) -> None:
+        """In place: A1111 samples from the very tensors it handed ``process_before_every_sampling``."""
+        (x if txt2img else noise).copy_(start_noise)
 
     def encode_reference(self, pixels: Tensor) -> Tensor:
         return encode_reference(self.model, pixels)
@@ -272,38 +296,19 @@ class A1111Host:
     def full_precision(self) -> AbstractContextManager[UNetEps]:
         return full_precision(self.model, self.schedule)
 
-    def class_forward(self) -> AbstractContextManager[None]:
+    def plain_model(self) -> AbstractContextManager[None]:
         return class_forward(self.unet)
+
+    def free_memory(self) -> None:
+        devices.torch_gc()
 
     def decode(self, latent: Tensor) -> Image.Image:
         return decode(self.model, latent)
 
-
-def pass_levels(p: object, schedule: DiscreteSchedule, txt2img: bool, hires: bool) -> PassLevels:
-    """The sigmas the sampler will visit in this pass, ending at the chain's origin."""
-    from modules import sd_samplers_common
-
-    sampler = p.sampler
-    if hires:
-        steps, t_enc = sd_samplers_common.setup_img2img_steps(p, p.hr_second_pass_steps or p.steps)
-    elif not txt2img:
-        steps, t_enc = sd_samplers_common.setup_img2img_steps(p)
-    else:
-        steps, t_enc = p.steps, None
-    if hasattr(sampler, "get_sigmas"):
-        full = torch.as_tensor(sampler.get_sigmas(p, steps), dtype=torch.float64).cpu()
-        official = schedule.official_end(full)
-        sigmas = full if official is None else official
-        if t_enc is not None:
-            sigmas = sigmas[steps - t_enc - 1 :]
-        return PassLevels(sigmas, timesteps=False, txt2img=txt2img, sampler_sigmas=official)
-    if hasattr(sampler, "get_timesteps"):
-        ts = torch.as_tensor(sampler.get_timesteps(p, steps)).long().cpu()
-        if t_enc is not None:
-            ts = ts[: t_enc + 1]
-        sigmas = torch.cat([schedule.sigmas[ts.flip(0)], schedule.sigmas[:1]])
-        return PassLevels(sigmas, timesteps=True, txt2img=txt2img)
-    raise UnsupportedModel(f"the sampler {type(sampler).__name__} has no noise schedule RIVAL can read")
+    def align(self, p: object, params: RivalParams, reference: Reference,
+              features: FeatureCache | None) -> RivalSession:
+        """Module hooks on the UNet: attn1 pre-hooks and the UNet's row hooks, until ``close``."""
+        return RivalSession(self.unet, params, reference, self.parameterization, features=features).install()
 
 
 @torch.no_grad()

@@ -15,39 +15,13 @@ import binascii
 import io
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..params import PRESETS, ReferencePrompt, RivalParams, preset, timestep_value
+from ..request import RivalInputError, RivalRequest
 from .fields import CUSTOM, FIELDS, PRESET_LABELS, TABLE, panel_value
-
-
-class RivalInputError(ValueError):
-    """Bad panel or API input: A1111's API answers 422 with the message as ``detail``.
-
-    A1111's ``handle_exception`` reads ``vars(e)``, so the status must be an instance attribute.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"RIVAL: {message}")
-        self.status_code = 422
-        self.detail = str(self)
-
-
-@dataclass(frozen=True)
-class RivalArgs:
-    """What one generation asked of RIVAL."""
-
-    enabled: bool = False
-    reference_image: Image.Image | None = None
-    use_init_image: bool = False
-    preset: str = "variation"
-    params: RivalParams = field(default_factory=RivalParams)
-    apply_to_hires: bool = False
-    show_reconstruction: bool = False
-    official_settings: bool = False
 
 
 def panel_defaults(preset_name: str) -> dict[str, object]:
@@ -56,8 +30,8 @@ def panel_defaults(preset_name: str) -> dict[str, object]:
     return {f.name: panel_value(f, base) for f in TABLE}
 
 
-def parse_args(args: Sequence[object], default_preset: str = "variation") -> RivalArgs:
-    """RivalArgs from the script's args: the positional UI values, or a dict from the API.
+def parse_args(args: Sequence[object], default_preset: str = "variation") -> RivalRequest:
+    """RivalRequest from the script's args: the positional UI values, or a dict from the API.
 
     A dict may be followed by the panel's defaults for ``default_preset`` (A1111's API padding).
     """
@@ -69,8 +43,8 @@ def parse_args(args: Sequence[object], default_preset: str = "variation") -> Riv
     return parse_named(dict(zip(FIELDS, args)), positional=True)
 
 
-def parse_named(values: dict[str, object], positional: bool = False) -> RivalArgs:
-    """RivalArgs from named values; a preset supplies every parameter that is not given.
+def parse_named(values: dict[str, object], positional: bool = False) -> RivalRequest:
+    """RivalRequest from named values; a preset supplies every parameter that is not given.
 
     Only types are checked here; RivalParams validates the parameters' values.
     """
@@ -103,7 +77,7 @@ def parse_named(values: dict[str, object], positional: bool = False) -> RivalArg
         named["preset"] = CUSTOM  # the infotext's preset must describe the values used
     image = values.get("reference_image")
     named["reference_image"] = decode_image(image) if named["enabled"] and image is not None else None
-    return RivalArgs(params=params, **named)
+    return RivalRequest(params=params, **named)
 
 
 def same_as_preset(params: RivalParams, base: RivalParams) -> bool:

@@ -12,12 +12,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import TYPE_CHECKING
 
 from ..params import PRESETS, TIMESTEP_MAX, InitLatent, Preset, ReferencePrompt, RivalParams, SwitchRule
-
-if TYPE_CHECKING:
-    from .args import RivalArgs
+from ..request import RivalRequest
 
 CUSTOM = "custom"
 PRESET_KEY = "RIVAL"
@@ -57,7 +54,7 @@ class Field:
     choices: dict[str, object] | None = None
     info: bool = False
     key: str | None = None
-    write: Callable[[RivalArgs], object] | None = None
+    write: Callable[[RivalRequest], object] | None = None
     read: Callable[[dict], object] | None = None
     axis: tuple[str, type, Callable[[object], object], Callable[[], list[str]] | None] | None = None
 
@@ -253,7 +250,7 @@ def titles() -> dict[str, str]:
 def titles_js() -> str:
     """The text of ``TITLES_JS`` (tests check the committed file equals it)."""
     return (
-        "// Generated from rival_ext/a1111/fields.py by `python -m rival_ext.a1111.fields`: edit the table there.\n"
+        "// Generated from rival_ext/webui/fields.py by `python -m rival_ext.webui.fields`: edit the table there.\n"
         "// A1111's hints.js turns the global `titles` map (label text -> tooltip) into hover tooltips.\n"
         "(function rivalTitles() {\n"
         "    if (typeof titles === \"undefined\") {\n"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from .args import RivalArgs
+from ..request import RivalRequest
 from .fields import REFERENCE_KEY, TABLE
 
 
-def generation_params(args: RivalArgs, image_hash: str) -> dict[str, object]:
+def generation_params(args: RivalRequest, image_hash: str) -> dict[str, object]:
     """Infotext entries for a generation; the reference is recorded by a short hash only."""
     out: dict[str, object] = {}
     for f in TABLE:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from ..host import Settings
+from ..job import CHAINS
 from ..params import PRESETS
-from .job import CHAINS
 
 SECTION = ("rival", "RIVAL")
 
@@ -73,3 +74,19 @@ def default_preset() -> str:
     value = getattr(shared.opts, "rival_default_preset", "variation")
     name = next((name for name, p in PRESETS.items() if value in (name, p.title)), None)
     return name or "variation"
+
+
+def current() -> Settings:
+    """The settings a generation reads, from Settings > RIVAL and the WebUI's own options."""
+    from modules import shared
+
+    opts = shared.opts
+    feature_cache = bool(getattr(opts, "rival_feature_cache", False))
+    return Settings(
+        inversion_steps=int(getattr(opts, "rival_inversion_steps", 0) or 0),
+        inversion_precision=str(getattr(opts, "rival_inversion_precision", "fp32")),
+        feature_cache_bytes=int(getattr(opts, "rival_feature_cache_mb", 4096)) * 2**20 if feature_cache else 0,
+        feature_cache_device_bytes=int(getattr(opts, "rival_feature_cache_gpu_mb", 1024)) * 2**20,
+        img2img_extra_noise=bool(getattr(opts, "img2img_extra_noise", 0)),
+        sgm_noise_multiplier=bool(getattr(opts, "sgm_noise_multiplier", False)),
+    )
