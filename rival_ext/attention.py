@@ -66,11 +66,28 @@ def find_self_attention(unet: nn.Module) -> list[SelfAttentionLayer]:
     return layers
 
 
+def block_key(name: str) -> tuple[str, int, int]:
+    """A self-attention layer's place as WebUIs name transformer blocks: (input|middle|output, block, index).
+
+    ``input_blocks.4.1.transformer_blocks.0.attn1`` is ("input", 4, 0), ``middle_block.1.transformer_blocks.2``
+    ("middle", 0, 2): the ``block``/``block_index`` that Forge's patches receive.
+    """
+    parts = name.split(".")
+    kind = parts[0]
+    index = int(parts[parts.index("transformer_blocks") + 1])
+    if kind == "middle_block":
+        return ("middle", 0, index)
+    if kind in ("input_blocks", "output_blocks"):
+        return (kind.removesuffix("_blocks"), int(parts[1]), index)
+    raise ValueError(f"{name} is not a transformer block of an ldm/sgm UNet")
+
+
 class SelfAttentionInjector:
     """Installs the context-rewriting pre-hooks for a ``with`` block; ``plan`` steers each call.
 
     Leaving the block removes exactly the hooks it added, also when the body raises, so the UNet
-    is left as it was found. With no plan, or a plain one, the layers run untouched.
+    is left as it was found. With no plan, or a plain one, the layers run untouched. ``applied``
+    counts the layers that saw the plan since it was last reset (a bypassed layer does not).
     """
 
     def __init__(self, unet: nn.Module) -> None:
@@ -78,6 +95,7 @@ class SelfAttentionInjector:
         if not self.layers:
             raise ValueError("the UNet has no self-attention layers (attn1) that RIVAL can align")
         self.plan: AttentionPlan | None = None
+        self.applied = 0
         self._handles = HookHandles("attention")
 
     @property
@@ -114,6 +132,15 @@ class SelfAttentionInjector:
             self.plan = previous
 
 
+def planned_context(own: Tensor, plan: AttentionPlan, layer: int, record: bool = True) -> Tensor | None:
+    """The context a layer's plan gives its rows (None: their own, unchanged); records the reference rows."""
+    if record and plan.record is not None:
+        plan.record[layer] = own[: plan.record_rows].detach()
+    if plan.mode is AttentionMode.PLAIN:
+        return None
+    return injected_context(own, plan, layer)
+
+
 def injected_context(own: Tensor, plan: AttentionPlan, layer: int = 0) -> Tensor:
     """The context that makes each row attend to its source row (and itself, in concat mode)."""
     if own.shape[0] != len(plan.sources):
@@ -121,8 +148,6 @@ def injected_context(own: Tensor, plan: AttentionPlan, layer: int = 0) -> Tensor
             f"RIVAL: a self-attention layer got {own.shape[0]} rows but the call was planned for "
             f"{len(plan.sources)}; another extension may be splitting the batch"
         )
-    if plan.record is not None:
-        plan.record[layer] = own[: plan.record_rows].detach()
     pool = own if plan.banked is None else torch.cat([plan.banked[layer].to(own), own])
     source = pool[plan.sources.to(own.device)]
     if plan.mode is AttentionMode.REFERENCE:
@@ -137,15 +162,14 @@ def _context_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer, in
         plan = injector.plan
         if plan is None:
             return None
+        injector.applied += 1
         hidden = args[0] if args else kwargs["x" if "x" in kwargs else "hidden_states"]
         positional = len(args) > position
         own = args[position] if positional else kwargs.get(layer.context_name)
         own = hidden if own is None else own
-        if plan.mode is AttentionMode.PLAIN:
-            if plan.record is not None:
-                plan.record[index] = own[: plan.record_rows].detach()
+        context = planned_context(own, plan, index)
+        if context is None:
             return None
-        context = injected_context(own, plan, index)
         if positional:
             return (*args[:position], context, *args[position + 1 :]), kwargs
         return args, {**kwargs, layer.context_name: context}

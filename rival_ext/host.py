@@ -63,8 +63,8 @@ class Alignment(Protocol):
     def evaluation(self) -> Evaluation | None:
         """The open evaluation, if any."""
 
-    def begin(self, sigma: float, t: float, roles: Sequence[Role]) -> Evaluation:
-        """Open a model evaluation."""
+    def begin(self, sigma: float, t: float, roles: Sequence[Role], x: Tensor | None = None) -> Evaluation:
+        """Open a model evaluation (``x``: the sampler's latents, one row per image)."""
 
     def after_guidance(self, guided: Tensor, x: Tensor | None = None) -> Tensor:
         """Close it, with AdaIN of the guided prediction while t > t_early."""
@@ -124,8 +124,8 @@ class Host(Protocol):
         """A string that changes when the weights in effect or their precision change (chain cache key)."""
 
     @property
-    def low_vram(self) -> bool:
-        """Whether modules move on demand (no direct fp32 UNet call)."""
+    def fp32_unavailable(self) -> str | None:
+        """Why no fp32 copy of the UNet can run the inversion (modules move on demand, ...); None: it can."""
 
     @property
     def on_gpu(self) -> bool:

@@ -92,9 +92,10 @@ def invert_on_host(
         with host.full_precision() as model:
             return with_model(model)
 
-    fp32 = settings.inversion_precision == "fp32" and not host.low_vram
+    unavailable = host.fp32_unavailable
+    fp32 = settings.inversion_precision == "fp32" and unavailable is None
     if settings.inversion_precision == "fp32" and not fp32:
-        note("inversion in the model's precision (--medvram/--lowvram)")
+        note(f"inversion in the model's precision ({unavailable})")
     with torch.no_grad(), host.plain_model(), progress.text(f"RIVAL: inverting the {what}"):
         if fp32:
             try:
@@ -105,7 +106,7 @@ def invert_on_host(
         try:
             return with_model(host.eps_model())
         except NonFiniteInversion:
-            if host.low_vram:
+            if unavailable is not None:
                 raise
             note("inversion redone in fp32 (half precision gave NaN/inf)")
             return in_fp32()

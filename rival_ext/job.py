@@ -268,11 +268,11 @@ class RivalJob:
             t, sigma = level, float(schedule.t_to_sigma(level))
         else:
             sigma, t = level, float(schedule.sigma_to_t(level))
-        alignment.begin(sigma, t, roles)
         if prepared.regenerate is not None:
             chain = prepared.keep_chain
             reference = chain.reference_vp(sigma) if vp else chain.reference_at(sigma)
             x = force_keep(x, reference, prepared.regenerate)
+        alignment.begin(sigma, t, roles, x[images])
         self._images_x = None if vp else x[images]
         return x
 

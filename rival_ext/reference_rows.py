@@ -7,9 +7,9 @@ reference-cond row's eps as the AdaIN target. Callers see a model that behaves a
 rows. Where a call is made and what its arguments look like is the host's: ``ModelCall`` is that
 seam (A1111's UNet call in ``UNetCall`` here, Forge's denoiser call in ``rival_ext.forge``).
 
-How the reference rows reach the attention is one strategy chosen at install time: in the same
-call (``InCall``), replayed from recorded features (``Replayed``, the feature cache), or a pass of
-their own (``SeparatePass``, when another extension sizes its inputs by the call's rows). Which rows
+How the reference rows reach the attention is a strategy: in the same call (``InCall``), replayed
+from recorded features (``Replayed``, the feature cache), or a pass of their own (``SeparatePass``)
+for a call whose host says another extension sizes its inputs by the call's rows (``ModelCall.apart``). Which rows
 of a call are cond or uncond comes from the call itself where the host says (Forge's
 ``cond_or_uncond``), else from a cursor over the evaluation's row layout, so any split of the rows
 into calls (A1111's batch_cond_uncond off, unequal prompt lengths, skipped uncond) routes correctly;
@@ -68,7 +68,9 @@ class Evaluation:
     sigma: float
     t: float
     roles: list[Role]
+    x: Tensor | None = None  # the rows the sampler hands the model, where the host tells calls apart by them
     cursor: int = 0
+    calls: int = 0  # model calls routed so far (none at all: RIVAL's way into the model was bypassed)
     eps_ref: Tensor | None = None  # reference-cond eps once a call has computed it
 
 
@@ -86,6 +88,11 @@ class ModelCall(Protocol):
     @property
     def changed(self) -> bool:
         """Whether reference rows were put into the call."""
+
+    @property
+    def apart(self) -> bool:
+        """Whether the reference rows must run in a pass of their own (another extension sizes its
+        inputs by the call's rows, or reads its rows by position)."""
 
     @property
     def device(self) -> torch.device:
@@ -111,8 +118,9 @@ class RowRouter:
     """Routes one evaluation's model calls: adds, strips and records the reference rows a call needs.
 
     It installs nothing: the session calls ``before``/``after`` around each model call and writes the
-    attention plan ``before`` returns. How the reference rows reach the attention is a strategy
-    (``InCall``, ``Replayed``, ``SeparatePass``) chosen once, here.
+    attention plan ``before`` returns. How the reference rows reach the attention is a strategy:
+    ``in_call`` (``InCall``, or ``Replayed`` with a feature cache), or ``apart`` (``SeparatePass``) for
+    the calls that say so.
     """
 
     def __init__(
@@ -121,34 +129,39 @@ class RowRouter:
         params: RivalParams,
         reference: Reference,
         features: FeatureCache | None = None,
-        separate: bool = False,
     ) -> None:
         self.layers = layers
         self.params = params
         self.reference = reference
         self.shared = reference.shared
-        self.strategy: InCall = (
-            SeparatePass(features) if separate else Replayed(features) if features is not None else InCall()
-        )
+        self.in_call: InCall = Replayed(features) if features is not None else InCall()
+        self.apart = SeparatePass(features)
         self.evaluation: Evaluation | None = None
         self.pending: Pending | None = None
 
-    def begin(self, sigma: float, t: float, roles: Sequence[Role]) -> Evaluation:
+    @property
+    def strategies(self) -> tuple[InCall, SeparatePass]:
+        return self.in_call, self.apart
+
+    def begin(self, sigma: float, t: float, roles: Sequence[Role], x: Tensor | None = None) -> Evaluation:
         """Start a model evaluation at (sigma, t) whose rows, over all its calls, have ``roles``."""
-        self.evaluation = Evaluation(float(sigma), float(t), [Role(r) for r in roles])
-        self.strategy.begin()
+        self.evaluation = Evaluation(float(sigma), float(t), [Role(r) for r in roles], x)
+        for strategy in self.strategies:
+            strategy.begin()
         return self.evaluation
 
     def end(self) -> Evaluation | None:
         """Close the evaluation (after CFG): later calls are not RIVAL's. Returns the closed one."""
         evaluation, self.evaluation = self.evaluation, None
-        self.strategy.end()
+        for strategy in self.strategies:
+            strategy.end()
         return evaluation
 
     def reset(self) -> bool:
         """Forget the evaluation and any call in flight; whether a call was in flight (its plan stands)."""
         in_flight = self.pending is not None
-        self.strategy.reset()
+        for strategy in self.strategies:
+            strategy.reset()
         self.evaluation = None
         self.pending = None
         return in_flight
@@ -165,12 +178,14 @@ class RowRouter:
                 return None
             roles = ev.roles[ev.cursor : ev.cursor + call.rows]
             ev.cursor += call.rows
+        ev.calls += 1
         mode = self.params.attention_mode(ev.t)
         need_target = self.params.adain_active(ev.t) and ev.eps_ref is None
         rows = reference_rows(roles if mode is not AttentionMode.PLAIN else [], self.shared, need_target)
         if rows.count == 0:
             return None
-        return self.strategy.serve(self, call, rows, mode, need_target, planned)
+        strategy = self.apart if call.apart else self.in_call
+        return strategy.serve(self, call, rows, mode, need_target, planned)
 
     def after(self, output: Tensor) -> Tensor | None:
         """The call's output without the reference rows (None: unchanged); keeps the AdaIN target."""
@@ -181,7 +196,7 @@ class RowRouter:
         index = rows.index(Role.COND)
         if ev is not None and index is not None and ev.eps_ref is None:
             ev.eps_ref = pending.call.as_eps(output[index : index + 1], pending.latents[index : index + 1], ev.sigma)
-        if ev is not None and self.strategy.cache is not None:
+        if ev is not None and pending.cache is not None:
             self.store(rows.roles, pending, output, ev)
         return output[rows.count :]
 
@@ -192,24 +207,26 @@ class RowRouter:
         return latents
 
     def store(self, roles: tuple[Role, ...], pending: Pending, output: Tensor, ev: Evaluation) -> None:
-        """Put the reference rows' features (when all layers recorded) and eps in the strategy's cache."""
+        """Put the reference rows' features (when all layers recorded) and eps in the pending call's cache."""
         key = evaluation_key(ev.sigma, ev.t)
         record = pending.record
         complete = record is not None and all(r is not None for r in record)
         for i, role in enumerate(roles):
             features = [r[i : i + 1].clone() for r in record] if complete else None
             eps = pending.call.as_eps(output[i : i + 1], pending.latents[i : i + 1], ev.sigma)
-            self.strategy.cache.put(key, role, features, eps)
+            pending.cache.put(key, role, features, eps)
 
 
 @dataclass(frozen=True)
 class Pending:
-    """A call that carries reference rows, between before and after: its rows, latents and recording."""
+    """A call that carries reference rows, between before and after: its rows, latents and recording,
+    and the feature cache of the strategy that served it (None: nothing is kept)."""
 
     call: ModelCall
     rows: ReferenceRows
     latents: Tensor
     record: list[Tensor | None] | None
+    cache: FeatureCache | None = None
 
 
 class InCall:
@@ -234,7 +251,7 @@ class InCall:
         if mode is not AttentionMode.PLAIN:
             record = [None] * router.layers if self.cache is not None else None
             plan = AttentionPlan(mode, rows.sources, record=record, record_rows=rows.count)
-        router.pending = Pending(call, rows, latents, record)
+        router.pending = Pending(call, rows, latents, record, self.cache)
         return plan
 
 
@@ -300,7 +317,7 @@ class SeparatePass(Replayed):
         )
         with planned(plan):
             output = alone.run()
-        router.store(roles, Pending(alone, wanted, latents, None if plain else record), output, ev)
+        router.store(roles, Pending(alone, wanted, latents, None if plain else record, cache), output, ev)
 
 
 class UNetCall:
@@ -313,9 +330,11 @@ class UNetCall:
 
     roles = None
 
-    def __init__(self, unet: nn.Module, args: tuple, kwargs: dict, parameterization: str = "eps") -> None:
+    def __init__(self, unet: nn.Module, args: tuple, kwargs: dict, parameterization: str = "eps",
+                 apart: bool = False) -> None:
         self.unet = unet
         self.parameterization = parameterization
+        self.apart = apart
         self.signature = inspect.signature(type(unet).forward.__get__(unet))  # not an extension's wrapper
         self.bound = self.signature.bind(*args, **kwargs)
         self.extra = next((p.name for p in self.signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
@@ -379,7 +398,7 @@ class UNetCall:
 
     def alone(self) -> UNetCall:
         args, kwargs = self.args()
-        return UNetCall(self.unet, args, kwargs, self.parameterization)
+        return UNetCall(self.unet, args, kwargs, self.parameterization, self.apart)
 
     def run(self) -> Tensor:
         """Through the UNet's class forward: another extension's instance forward (ControlNet's) is skipped."""

@@ -24,8 +24,9 @@ from .attention import AttentionPlan, SelfAttentionInjector
 from .conditioning import Role
 from .feature_cache import FeatureCache
 from .hooks import HookHandles
-from .params import RivalParams
+from .params import AttentionMode, RivalParams
 from .reference_rows import Evaluation, Reference, RowRouter, UNetCall
+from .request import RivalRuntimeError
 
 
 class Alignment:
@@ -74,9 +75,10 @@ class Alignment:
         """The open evaluation, if any."""
         return self.rows.evaluation
 
-    def begin(self, sigma: float, t: float, roles: Sequence[Role]) -> Evaluation:
-        """Open a model evaluation at (sigma, t) whose rows, over all its calls, have ``roles``."""
-        return self.rows.begin(sigma, t, roles)
+    def begin(self, sigma: float, t: float, roles: Sequence[Role], x: Tensor | None = None) -> Evaluation:
+        """Open a model evaluation at (sigma, t) whose rows, over all its calls, have ``roles``; ``x``: the
+        latents the sampler hands the model, one row per image (a host may tell its calls apart by them)."""
+        return self.rows.begin(sigma, t, roles, x)
 
     def end(self) -> Evaluation | None:
         """Close the evaluation: later calls are not RIVAL's. Returns the closed one."""
@@ -88,6 +90,10 @@ class Alignment:
         ``guided`` is eps, or with ``x`` (the rows' model input) a denoised x0 (k-diffusion).
         """
         evaluation = self.end()
+        if evaluation is not None and evaluation.calls == 0:
+            raise RivalRuntimeError(
+                "RIVAL: no model call of this step reached RIVAL; another extension bypassed it (a replaced model "
+                "function or UNet forward); turn that extension off or RIVAL off")
         if evaluation is None or not self.params.adain_active(evaluation.t) or evaluation.eps_ref is None:
             return guided
         if x is None:
@@ -101,8 +107,10 @@ class RivalSession(Alignment):
 
     ``injector``: an injector whose hooks someone else installed (the session then installs only
     the row hooks and leaves the injector's alone); by default the session makes and owns one.
-    ``separate``: the reference rows run in a pass of their own (default: when another extension
-    replaced the UNet's forward on the instance, as ControlNet does, sizing its inputs by the call).
+    ``separate``: the reference rows run in a pass of their own (default: while another extension
+    replaces the UNet's forward on the instance, as ControlNet does, sizing its inputs by the call).
+    A planned call that reaches fewer self-attention layers than the UNet has was bypassed by
+    another extension: it stops the generation with a message instead of a silently plain image.
     """
 
     def __init__(
@@ -119,8 +127,8 @@ class RivalSession(Alignment):
         self.parameterization = parameterization
         self._owns_injector = injector is None
         self.injector = SelfAttentionInjector(unet) if injector is None else injector
-        separate = "forward" in vars(unet) if separate is None else separate
-        super().__init__(RowRouter(len(self.injector.layers), params, reference, features, separate), params)
+        self.separate = separate
+        super().__init__(RowRouter(len(self.injector.layers), params, reference, features), params)
         self._handles = HookHandles("row")
 
     def install(self) -> RivalSession:
@@ -157,12 +165,28 @@ class RivalSession(Alignment):
     def _plan(self, plan: AttentionPlan | None) -> None:
         self.plan = self.injector.plan = plan
 
+    @property
+    def apart(self) -> bool:
+        """Whether the reference rows run in a pass of their own now."""
+        return "forward" in vars(self.unet) if self.separate is None else self.separate
+
     def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         self._plan(None)
-        call = UNetCall(self.unet, args, kwargs, self.parameterization)
+        call = UNetCall(self.unet, args, kwargs, self.parameterization, self.apart)
         self._plan(self.rows.before(call, self.planned))
+        self.injector.applied = 0
         return call.args() if call.changed else None
 
     def _after(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        plan, self.plan = self.plan, None
         self._plan(None)
+        check_reached(plan, self.injector.applied, len(self.injector.layers))
         return self.rows.after(output)
+
+
+def check_reached(plan: AttentionPlan | None, applied: int, layers: int) -> None:
+    """A planned call must reach every self-attention layer; else another extension bypassed RIVAL there."""
+    if plan is not None and plan.mode is not AttentionMode.PLAIN and applied < layers:
+        raise RivalRuntimeError(
+            f"RIVAL: another extension bypassed RIVAL's self-attention injection in {layers - applied} of {layers} "
+            "layers (a replaced attention or transformer block); turn that extension off or RIVAL off")

@@ -224,6 +224,7 @@ def test_the_a1111_host_has_every_member_of_the_host_protocol(a1111):
     members = [n for n in vars(Host) if not n.startswith("_")] + list(Host.__annotations__)
     assert {"align", "schedule", "encode_reference", "encode_text", "eps_model", "full_precision"} <= set(members)
     for name in members:
-        assert getattr(host, name) is not None, name
+        assert hasattr(host, name), name
+    assert host.fp32_unavailable is None and host.stacked_cfg_rows and callable(host.align)
     assert host.unet is model.model.diffusion_model and host.schedule is host.schedule
     host.check_supported()

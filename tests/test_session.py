@@ -10,6 +10,7 @@ from conftest import photo_latent, text
 from rival_ext import KDenoiser, Reference, RivalParams, invert
 from rival_ext.feature_cache import FeatureCache
 from rival_ext.reference_rows import InCall, Replayed, SeparatePass
+from rival_ext.request import RivalRuntimeError
 from rival_ext.session import RivalSession
 
 
@@ -46,9 +47,12 @@ def test_a_session_leaves_an_injector_it_was_given_installed(unet64, reference):
         assert session.injector.installed
 
 
-def test_the_rows_way_to_the_attention_is_chosen_once(unet64, reference):
+def test_the_rows_way_to_the_attention_follows_the_unet(unet64, reference):
+    """In the call by default, replayed with a feature cache, apart while another extension's instance forward
+    (ControlNet's) sizes its inputs by the call's rows."""
     def strategy(**kwargs):
-        return type(RivalSession(unet64, RivalParams(), reference, **kwargs).rows.strategy)
+        session = RivalSession(unet64, RivalParams(), reference, **kwargs)
+        return type(session.rows.apart if session.apart else session.rows.in_call)
 
     assert strategy() is InCall
     assert strategy(features=FeatureCache(max_bytes=1 << 20)) is Replayed
@@ -65,6 +69,16 @@ def test_after_guidance_closes_the_evaluation(unet64, reference):
     guided = torch.ones(1, 4, 2, 2)
     assert session.after_guidance(guided) is guided  # no evaluation open: unchanged
     session.begin(1.0, 500.0, ["cond", "uncond"])
+    session.evaluation.calls = 1
     assert session.after_guidance(guided) is guided  # no UNet call gave a target: unchanged
     assert session.evaluation is None
+
+
+def test_an_evaluation_no_model_call_reached_stops_the_generation(unet64, reference):
+    """A step whose model calls never went through RIVAL (its hooks or patches bypassed) must not end as a
+    silently plain image."""
+    session = RivalSession(unet64, RivalParams(), reference)
+    session.begin(1.0, 500.0, ["cond", "uncond"])
+    with pytest.raises(RivalRuntimeError, match="bypassed"):
+        session.after_guidance(torch.ones(1, 4, 2, 2))
 

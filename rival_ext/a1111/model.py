@@ -27,6 +27,7 @@ from ..params import RivalParams
 from ..reference_rows import Reference
 from ..session import RivalSession
 from ..webui.sampling import override_schedule, pass_levels
+from ..webui.text import encode_text
 
 
 def unet_of(sd_model: object) -> nn.Module:
@@ -115,22 +116,6 @@ def posterior_mode(sd_model: object) -> Iterator[None]:
         yield
     finally:
         regularizer.sample = sample
-
-
-@torch.no_grad()
-def encode_text(sd_model: object, text: str, negative: bool, width: int, height: int) -> Conditioning:
-    """One conditioning row for ``text`` (SDXL: with its pooled vector and size ids)."""
-    try:
-        from modules.prompt_parser import SdConditioning
-
-        prompts = SdConditioning([text], is_negative_prompt=negative, width=width, height=height)
-    except ImportError:
-        prompts = [text]
-    with devices.autocast():
-        encoded = sd_model.get_learned_conditioning(prompts)
-    if isinstance(encoded, dict):
-        return Conditioning(encoded["crossattn"].float(), encoded["vector"].float())
-    return Conditioning(encoded.float())
 
 
 class A1111Eps:
@@ -263,8 +248,8 @@ class A1111Host:
         return model_identity(self.model)
 
     @property
-    def low_vram(self) -> bool:
-        return low_vram(self.model)
+    def fp32_unavailable(self) -> str | None:
+        return "--medvram/--lowvram" if low_vram(self.model) else None
 
     @property
     def on_gpu(self) -> bool:

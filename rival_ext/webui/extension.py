@@ -182,8 +182,13 @@ def on_cfg_after_cfg(params: object) -> None:
     """Global ``on_cfg_after_cfg``: finish the evaluation opened by ``on_cfg_denoiser`` (AdaIN)."""
     global _open
     job, _open = _open, None
-    if job is not None:
+    if job is None:
+        return
+    try:
         params.x = job.after_guidance(params.x)
+    except RivalRuntimeError as error:
+        job.uninstall()
+        raise RivalAbort(error) from None
 
 
 def post_sample(p: object, samples: object) -> None:
