@@ -40,6 +40,11 @@ class Conditioning:
     def __len__(self) -> int:
         return self.context.shape[0]
 
+    def like(self, other: Conditioning) -> Conditioning:
+        """These rows on the device and dtype of ``other``'s (a model call's own conditioning)."""
+        y = None if other.y is None or self.y is None else self.y.to(other.y.device, other.y.dtype)
+        return Conditioning(self.context.to(other.context.device, other.context.dtype), y)
+
     def rows(self, index: Tensor | slice | list[int]) -> Conditioning:
         """A subset of the rows."""
         return Conditioning(self.context[index], None if self.y is None else self.y[index])

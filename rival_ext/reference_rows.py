@@ -386,7 +386,7 @@ class UNetCall:
         x = self.get("x")
         t = torch.as_tensor(self.get("t"), device=x.device).reshape(-1)
         own = Conditioning(self.get("context"), self.get("y"))
-        joined = Conditioning.cat([*[_like(text, own) for text in texts], *([own] if keep_own else [])])
+        joined = Conditioning.cat([*[text.like(own) for text in texts], *([own] if keep_own else [])])
         count = len(latents)
         self.set("x", torch.cat([latents, x]) if keep_own else latents)
         reference_t = t[:1].expand(count)
@@ -405,8 +405,3 @@ class UNetCall:
         args, kwargs = self.args()
         return type(self.unet).forward(self.unet, *args, **kwargs)
 
-
-def _like(text: Conditioning, own: Conditioning) -> Conditioning:
-    """The reference text on the device and dtype of the call's own conditioning."""
-    y = None if own.y is None or text.y is None else text.y.to(own.y.device, own.y.dtype)
-    return Conditioning(text.context.to(own.context.device, own.context.dtype), y)

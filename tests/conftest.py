@@ -106,13 +106,32 @@ def rng() -> np.random.Generator:
 
 
 @pytest.fixture
-def a1111():
-    """Fresh A1111 stub state, the fake SD1 model loaded, the extension's script imported."""
+def webui():
+    """Fresh stub WebUI state (``RIVAL_STUB``: A1111 by default), the fake SD1 model loaded, the extension's
+    script imported."""
     import fake_model
-    from a1111_harness import a1111_environment
+    from harness import stub_environment
 
-    yield a1111_environment()
+    yield stub_environment()
     fake_model.reset_a1111_state()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "host(*names): runs only under these stub WebUIs (RIVAL_STUB)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under another stub than A1111 (``RIVAL_STUB``), only the tests written for it run; the rest are deselected
+    (they ran in the A1111 run of the same suite)."""
+    stub = os.environ.get("RIVAL_STUB", "a1111")
+    keep, drop = [], []
+    for item in items:
+        marker = item.get_closest_marker("host")
+        hosts = marker.args if marker else ("a1111",)
+        (keep if stub in hosts else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

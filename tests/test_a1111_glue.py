@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from a1111_harness import enabled, img2img, txt2img
+from harness import enabled, img2img, txt2img
 from modules import script_callbacks, shared
 from PIL import Image
 
@@ -35,10 +35,10 @@ def _keep_inputs(module, sampler: str) -> tuple[list[tuple[float, torch.Tensor]]
 
 
 @pytest.mark.parametrize("sampler", ["DDIM", "Euler"])
-def test_the_keep_region_is_on_the_chain_at_every_model_input(a1111, sampler):
+def test_the_keep_region_is_on_the_chain_at_every_model_input(webui, sampler):
     """Kills: keep region not forced per step (only the final overwrite); forced with the VE latent under DDIM
     (``reference_at`` where ``reference_vp`` belongs: off by sqrt(1 + sigma^2))."""
-    _, module = a1111
+    _, module = webui
     seen, keep = _keep_inputs(module, sampler)
     chain = next(iter(CHAINS._items.values()))  # use_init_image, whole picture: one chain
     schedule_sigma = shared.sd_model.alphas_cumprod.double()
@@ -52,9 +52,9 @@ def test_the_keep_region_is_on_the_chain_at_every_model_input(a1111, sampler):
         torch.testing.assert_close(region.double(), expected[:, keep].double(), rtol=1e-5, atol=1e-5)
 
 
-def test_changing_the_inversion_precision_inverts_again(a1111):
+def test_changing_the_inversion_precision_inverts_again(webui):
     """Kills: the precision setting left out of the chain-cache key (a stale chain after a settings change)."""
-    _, module = a1111
+    _, module = webui
     shared.opts.data["rival_inversion_precision"] = "fp32"
     txt2img(module, enabled())
     shared.opts.data["rival_inversion_precision"] = "model"
@@ -63,10 +63,10 @@ def test_changing_the_inversion_precision_inverts_again(a1111):
     assert len(CHAINS._items) == 2
 
 
-def test_the_hires_chain_is_built_on_the_hires_steps(a1111):
+def test_the_hires_chain_is_built_on_the_hires_steps(webui):
     """Kills: the hires pass's chain built on ``p.steps`` instead of ``hr_second_pass_steps``: the chain must
     have one segment per model call of the hires pass (Euler: one call a step)."""
-    _, module = a1111
+    _, module = webui
     calls = []
 
     def count(params):
@@ -101,13 +101,13 @@ def _first_model_inputs(run) -> list[torch.Tensor]:
     return seen
 
 
-def test_v_prediction_eps_uses_abar_of_the_timestep(a1111, monkeypatch):
+def test_v_prediction_eps_uses_abar_of_the_timestep(webui, monkeypatch):
     """Kills: a wrong v -> eps conversion in ``A1111Eps`` (abar = vp_scale instead of its square, swapped
     sqrt(abar)/sqrt(1 - abar) terms): eps = sqrt(abar) v + sqrt(1 - abar) z, as A1111's
     ``CompVisTimestepsVDenoiser`` (sd_samplers_timesteps.py) computes it."""
     from rival_ext.a1111.model import A1111Eps, encode_text, schedule_of
 
-    model, _ = a1111
+    model, _ = webui
     monkeypatch.setattr(model, "parameterization", "v")
     from rival_ext import Conditioning
 
@@ -122,13 +122,13 @@ def test_v_prediction_eps_uses_abar_of_the_timestep(a1111, monkeypatch):
     torch.testing.assert_close(eps.double(), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_sdxl_reference_uncond_is_encoded_as_a1111_encodes_an_empty_negative(a1111, monkeypatch):
+def test_sdxl_reference_uncond_is_encoded_as_a1111_encodes_an_empty_negative(webui, monkeypatch):
     """Kills: the reference-uncond row for an empty reference text taken from the cond (right for SD1, where
     "" encodes the same either way) also for SDXL, where A1111 zeroes an all-empty negative
     (sd_models_xl.get_learned_conditioning: force_zero_embeddings)."""
     from rival_ext import job
 
-    model, module = a1111
+    model, module = webui
     monkeypatch.setattr(model, "is_sdxl", True)
     encode = model.get_learned_conditioning
 
@@ -153,10 +153,10 @@ def test_sdxl_reference_uncond_is_encoded_as_a1111_encodes_an_empty_negative(a11
 
 
 @pytest.mark.parametrize("sgm", [False, True])
-def test_the_txt2img_start_does_not_depend_on_sgm_noise_multiplier(a1111, sgm):
+def test_the_txt2img_start_does_not_depend_on_sgm_noise_multiplier(webui, sgm):
     """Kills: ``set_initial_latent`` ignoring ``sgm_noise_multiplier`` (A1111's KDiffusionSampler.sample then
     scales x by sqrt(1 + sigma0^2), not sigma0): the first model input must be the chain's start either way."""
-    _, module = a1111
+    _, module = webui
     shared.opts.data["sgm_noise_multiplier"] = sgm
     seen = _first_model_inputs(lambda: txt2img(module, enabled(init_latent="inverted")))
     chain = next(iter(CHAINS._items.values()))
@@ -164,12 +164,12 @@ def test_the_txt2img_start_does_not_depend_on_sgm_noise_multiplier(a1111, sgm):
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
-def test_the_img2img_start_is_the_chains_top(a1111, sampler):
+def test_the_img2img_start_is_the_chains_top(webui, sampler):
     """Kills: a wrong rewrite of img2img's noise (k-diffusion: xi = x + noise * sigma0; DDIM: xi = sqrt(abar) x
     + sqrt(1 - abar) noise), e.g. the init latent left out: the first model input must be the chain's top."""
     from rival_ext.noise import vp_scale
 
-    _, module = a1111
+    _, module = webui
     seen = _first_model_inputs(lambda: img2img(module, enabled(init_latent="inverted"), sampler_name=sampler))
     chain = next(iter(CHAINS._items.values()))
     expected = chain.top.double()
@@ -178,29 +178,29 @@ def test_the_img2img_start_is_the_chains_top(a1111, sampler):
     torch.testing.assert_close(seen[0][-1].double(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_each_image_of_a_batch_starts_from_its_own_seed(a1111):
+def test_each_image_of_a_batch_starts_from_its_own_seed(webui):
     """Kills: every image of a batch started with the first image's seed (or seeds shifted): image 2 of a
     batch at seed 3 must start exactly as a single image at seed 4 (A1111: all_seeds = seed + i)."""
-    _, module = a1111
+    _, module = webui
     batch = _first_model_inputs(lambda: txt2img(module, enabled(), batch_size=2))[0]
     single = _first_model_inputs(lambda: txt2img(module, enabled(), seed=4))[0]
     assert not torch.equal(batch[-2], batch[-1])
     torch.testing.assert_close(batch[-1], single[-1])
 
 
-def test_each_batch_of_a_batch_count_starts_from_its_own_seeds(a1111):
+def test_each_batch_of_a_batch_count_starts_from_its_own_seeds(webui):
     """Kills: the start seeds read from ``p.all_seeds`` (the whole job's) instead of ``p.seeds`` (this batch's):
     batch 2 of a batch count at seed 3 must start exactly as a single image at seed 4."""
-    _, module = a1111
+    _, module = webui
     second = _first_model_inputs(lambda: txt2img(module, enabled(), n_iter=2))[1]
     single = _first_model_inputs(lambda: txt2img(module, enabled(), seed=4))[0]
     torch.testing.assert_close(second[-1], single[-1])
 
 
-def test_the_progress_text_is_given_back_after_the_inversion(a1111):
+def test_the_progress_text_is_given_back_after_the_inversion(webui):
     """Kills: ``shared.state.textinfo`` left at (or restored to) "RIVAL: inverting ..." after the inversion:
     A1111's progress must show its own text while it samples."""
-    _, module = a1111
+    _, module = webui
     shared.state.textinfo = "A1111's text"
     seen = []
 
@@ -215,11 +215,11 @@ def test_the_progress_text_is_given_back_after_the_inversion(a1111):
     assert seen and set(seen) == {"A1111's text"}
 
 
-def test_the_a1111_host_has_every_member_of_the_host_protocol(a1111):
+def test_the_a1111_host_has_every_member_of_the_host_protocol(webui):
     from rival_ext.a1111.model import A1111Host
     from rival_ext.host import Host
 
-    model, _ = a1111
+    model, _ = webui
     host = A1111Host(model)
     members = [n for n in vars(Host) if not n.startswith("_")] + list(Host.__annotations__)
     assert {"align", "schedule", "encode_reference", "encode_text", "eps_model", "full_precision"} <= set(members)

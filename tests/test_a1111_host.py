@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from a1111_harness import CHAINS, enabled, hook_count, img2img, pixels, reference_image, txt2img
 from fake_model import FakeSgmFirstStage
+from harness import CHAINS, enabled, hook_count, img2img, pixels, reference_image, txt2img
 from modules import processing, script_callbacks, scripts, shared
 from modules.api import api
 from PIL import Image
@@ -35,8 +35,8 @@ def _spy_args(monkeypatch) -> list:
     return seen
 
 
-def test_an_api_dict_arrives_padded_with_the_panel_defaults_and_is_accepted(a1111, monkeypatch):
-    _, module = a1111
+def test_an_api_dict_arrives_padded_with_the_panel_defaults_and_is_accepted(webui, monkeypatch):
+    _, module = webui
     seen = _spy_args(monkeypatch)
     _, absent = txt2img(module, None)
     _, disabled = txt2img(module, {"enabled": False})
@@ -47,15 +47,15 @@ def test_an_api_dict_arrives_padded_with_the_panel_defaults_and_is_accepted(a111
     assert "RIVAL: variation" in on.info
 
 
-def test_the_padding_follows_the_default_preset_setting(a1111, monkeypatch):
-    _, module = a1111
+def test_the_padding_follows_the_default_preset_setting(webui, monkeypatch):
+    _, module = webui
     monkeypatch.setitem(shared.opts.data, "rival_default_preset", "prompt_guided")
     _, result = txt2img(module, enabled(preset="variation"))
     assert "RIVAL: variation" in result.info and "RIVAL early plain: 1000" in result.info
 
 
-def test_a_dict_followed_by_other_values_is_refused_naming_the_position(a1111):
-    model, module = a1111
+def test_a_dict_followed_by_other_values_is_refused_naming_the_position(webui):
+    model, module = webui
     runner = scripts.ScriptRunner([module.RivalScript()])
     p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat", steps=3, width=64, height=64)
     p.scripts = runner
@@ -76,8 +76,8 @@ def test_a_dict_followed_by_other_values_is_refused_naming_the_position(a1111):
         ({"enabled": "yes"}, "enabled"),
     ],
 )
-def test_bad_input_is_answered_4xx_naming_the_field(a1111, values, field):
-    _, module = a1111
+def test_bad_input_is_answered_4xx_naming_the_field(webui, values, field):
+    _, module = webui
     with pytest.raises(RivalInputError) as caught:
         txt2img(module, values)
     status, body = api.handle_exception(caught.value)
@@ -101,8 +101,8 @@ def test_sdxl_reference_latent_is_the_scaled_posterior_mean():
     assert model.first_stage_model.regularization.sample is True  # the regularizer is left as it was
 
 
-def test_sd1_reference_latent_is_the_scaled_posterior_mean(a1111):
-    model, _ = a1111
+def test_sd1_reference_latent_is_the_scaled_posterior_mean(webui):
+    model, _ = webui
     pixels_ = torch.rand(1, 3, 64, 64) * 2 - 1
     mean = model.first_stage_model.encode(pixels_).mean
     assert torch.equal(encode_reference(model, pixels_), model.scale_factor * mean)
@@ -133,8 +133,8 @@ class _OtherExtension(scripts.Script):
         p.hooks_after_batch.append(hook_count(shared.sd_model))
 
 
-def test_p_sample_is_restored_exactly_across_batch_count(a1111):
-    model, module = a1111
+def test_p_sample_is_restored_exactly_across_batch_count(webui):
+    model, module = webui
     active = []
     script_callbacks.on_cfg_denoiser(lambda params: active.append(extension._open is not None))
     _OtherExtension.calls = 0
@@ -152,10 +152,10 @@ def test_p_sample_is_restored_exactly_across_batch_count(a1111):
     assert hook_count(model) == 0
 
 
-def test_the_inversion_bypasses_another_extensions_unet_forward(a1111):
+def test_the_inversion_bypasses_another_extensions_unet_forward(webui):
     """ControlNet replaces the UNet's forward on the instance in its process(); the official ControlNet
     pipeline inverts the reference with the plain UNet."""
-    model, module = a1111
+    model, module = webui
     txt2img(module, enabled())
     plain = next(iter(CHAINS._items.values()))
     CHAINS.clear()
@@ -174,9 +174,9 @@ def test_the_inversion_bypasses_another_extensions_unet_forward(a1111):
     assert hook_count(model) == 0
 
 
-def test_full_precision_gives_every_tensor_its_own_dtype_back(a1111):
+def test_full_precision_gives_every_tensor_its_own_dtype_back(webui):
     """A1111's FP8 option keeps float8 weights beside fp16/fp32 norms; a blanket .to() would cast them all."""
-    model, _ = a1111
+    model, _ = webui
     unet = model.model.diffusion_model
     for name, tensor in unet.named_parameters():
         if "norm" in name:
@@ -213,9 +213,9 @@ def _sigmas_used(monkeypatch) -> list:
     return used
 
 
-def test_euler_on_the_ddim_schedule_uses_the_official_clean_level(a1111, monkeypatch):
+def test_euler_on_the_ddim_schedule_uses_the_official_clean_level(webui, monkeypatch):
     """The official code puts the clean latent at abar_0 (sigma_min): the chain's origin and the sampler's end."""
-    model, module = a1111
+    model, module = webui
     sigma_min = float(((1 - model.alphas_cumprod[0].double()) / model.alphas_cumprod[0].double()).sqrt())
     used = _sigmas_used(monkeypatch)
     p, _ = txt2img(module, enabled(), scheduler="DDIM")
@@ -246,10 +246,10 @@ def _keep_trajectory(module, reference: Image.Image, mask: Image.Image) -> list[
     return seen
 
 
-def test_inpainting_keeps_the_unmasked_region_on_the_inpainted_images_chain(a1111):
+def test_inpainting_keeps_the_unmasked_region_on_the_inpainted_images_chain(webui):
     """With a reference other than the init image, the keep region follows the init image's own chain:
     the same whatever the reference, which then only drives attention and AdaIN."""
-    _, module = a1111
+    _, module = webui
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))  # left half: regenerate
     cat = _keep_trajectory(module, reference_image(), mask)
@@ -260,10 +260,10 @@ def test_inpainting_keeps_the_unmasked_region_on_the_inpainted_images_chain(a111
 
 
 @pytest.mark.parametrize("full_res", [False, True])
-def test_inpainting_with_the_init_image_as_reference_inverts_once(a1111, full_res):
+def test_inpainting_with_the_init_image_as_reference_inverts_once(webui, full_res):
     """The init image as reference is the picture A1111 inpaints (for "Only masked", the API's default, its crop):
     one inversion serves the reference and the keep region."""
-    model, module = a1111
+    model, module = webui
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (8, 8, 40, 24))
     _, result = img2img(module, {"enabled": True, "use_init_image": True, "preset": "inpainting"}, mask=mask,
@@ -275,11 +275,11 @@ def test_inpainting_with_the_init_image_as_reference_inverts_once(a1111, full_re
 
 
 @pytest.mark.parametrize("full_res", [False, True])
-def test_the_init_image_as_reference_is_the_picture_a1111_encodes(a1111, monkeypatch, full_res):
+def test_the_init_image_as_reference_is_the_picture_a1111_encodes(webui, monkeypatch, full_res):
     """An init image of another aspect ratio is stretched by A1111 (resize mode "Just resize"), and "Only masked"
     encodes the mask's crop: the reference taken from the init image must be that very picture (a centre crop
     moved the keep region's end 0.42 off what A1111 encoded)."""
-    model, module = a1111
+    model, module = webui
     seen = []
     encode = model.encode_first_stage
 
@@ -297,8 +297,8 @@ def test_the_init_image_as_reference_is_the_picture_a1111_encodes(a1111, monkeyp
     torch.testing.assert_close(reference_pixels, a1111_pixels, rtol=0, atol=1e-6)
 
 
-def test_lowvram_precision_fallback_is_noted(a1111):
-    _, module = a1111
+def test_lowvram_precision_fallback_is_noted(webui):
+    _, module = webui
     shared.cmd_opts.medvram = True
     try:
         _, result = txt2img(module, enabled())

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from a1111_harness import a1111_environment, attach, enabled, fake_model
+from harness import attach, enabled, fake_model, stub_environment
 from official_rival import OfficialConfig, OfficialTexts, ddim_inversion, ddim_timesteps, official_rival
 
 from rival_ext.a1111.model import schedule_of
@@ -181,7 +181,7 @@ def vp_nodes(chain) -> list[torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def env64():
-    model, module = a1111_environment(torch.float64)
+    model, module = stub_environment(torch.float64)
     yield model, module
     fake_model.reset_a1111_state()
     fake_model.install()  # leave the float32 default for other modules

@@ -31,7 +31,7 @@ _MODEL = fake_model.FakeLatentDiffusion(seed=0)
 
 
 @pytest.fixture(autouse=True)
-def a1111():
+def webui():
     fake_model.reset_a1111_state()
     shared.sd_model = _MODEL
     yield

@@ -18,8 +18,8 @@ import os
 import socket
 import time
 
-import a1111_harness
 import gradio as gr
+import harness
 import numpy as np
 import pytest
 from PIL import Image
@@ -33,7 +33,7 @@ CHROMIUM_FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,2400",
 )
-JAVASCRIPT = sorted((a1111_harness.ROOT / "javascript").glob("*.js"))  # A1111 loads an extension's in name order
+JAVASCRIPT = sorted((harness.ROOT / "javascript").glob("*.js"))  # A1111 loads an extension's in name order
 WAIT = 20.0  # seconds for the page to show what an event produced
 
 
@@ -147,7 +147,7 @@ def _gradio_with_starlette_1() -> None:
 
 @pytest.fixture(scope="module")
 def app(browser, tmp_path_factory):
-    _, module = a1111_harness.a1111_environment()
+    _, module = harness.stub_environment()
     _gradio_with_starlette_1()
     files = tmp_path_factory.mktemp("gallery")
     scripts = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import types
 from pathlib import Path
 
-import a1111_harness  # noqa: F401 (puts the A1111 stub on sys.path)
+import harness  # noqa: F401 (puts the stub WebUI on sys.path)
 import pytest
 
 from rival_ext.params import PRESETS, RivalParams
@@ -34,8 +34,8 @@ def test_every_row_is_complete() -> None:
         assert (f.write is None) == (f.key is None)
 
 
-def _built_panel(a1111):
-    _, module = a1111
+def _built_panel(webui):
+    _, module = webui
     import gradio as gr
 
     script = module.RivalScript()
@@ -45,10 +45,10 @@ def _built_panel(a1111):
     return script, dict(zip(FIELDS, components)), demo
 
 
-def test_the_panel_shows_the_tables_labels_values_and_info(a1111) -> None:
+def test_the_panel_shows_the_tables_labels_values_and_info(webui) -> None:
     from rival_ext.webui.settings import default_preset
 
-    _, components, demo = _built_panel(a1111)
+    _, components, demo = _built_panel(webui)
     defaults = panel_defaults(default_preset())  # the panel starts with the Settings' preset
     for name, component in components.items():
         f = FIELD[name]
@@ -75,10 +75,10 @@ def test_a_preset_fills_exactly_the_tables_preset_controls(name) -> None:
         assert values == [defaults[output] for output in PRESET_OUTPUTS]
 
 
-def test_infotext_written_from_the_table_pastes_back(a1111) -> None:
+def test_infotext_written_from_the_table_pastes_back(webui) -> None:
     from rival_ext.webui.infotext import generation_params
 
-    script, components, _ = _built_panel(a1111)
+    script, components, _ = _built_panel(webui)
     args = parse_named({"enabled": True, "preset": "custom", "t_align": 450.5, "reference_prompt": "custom",
                         "custom_prompt": "a dog", "init_latent": "noise", "switch_rule": "paper", "adain": False,
                         "apply_to_hires": True})

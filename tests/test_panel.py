@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import a1111_harness  # noqa: F401 (puts the A1111 stub on sys.path)
 import gradio as gr
+import harness  # noqa: F401 (puts the stub WebUI on sys.path)
 import pytest
-from a1111_harness import enabled, img2img, txt2img
+from harness import enabled, img2img, txt2img
 from modules import shared
 
 from rival_ext.image import pixel_hash
@@ -26,9 +26,9 @@ def _triggers(demo, component) -> set[str]:
     return {d["trigger"] for d in demo.get_config_file()["dependencies"] if component._id in d["targets"]}
 
 
-def test_a_pasted_infotext_is_not_overwritten_by_the_preset(a1111):
+def test_a_pasted_infotext_is_not_overwritten_by_the_preset(webui):
     """A1111 pastes values, then runs every .change handler: the preset refills only on the user's input."""
-    _, module = a1111
+    _, module = webui
     components, demo = _panel(module)
     assert _triggers(demo, components["preset"]) == {"input"}
     for name in PRESET_EDITS:
@@ -51,14 +51,14 @@ def test_moving_a_control_away_from_the_preset_switches_to_custom():
     assert preset_after_edit("Custom", *_edits("Editing", t_align=500)) == gr.update()
 
 
-def test_the_recorded_preset_describes_the_values_used(a1111):
-    _, module = a1111
+def test_the_recorded_preset_describes_the_values_used(webui):
+    _, module = webui
     _, moved = txt2img(module, enabled(preset="variation", t_early=300))
     assert "RIVAL: custom" in moved.info and "RIVAL t_early: 300" in moved.info
 
 
-def test_the_custom_prompt_box_shows_only_for_custom_text(a1111):
-    _, module = a1111
+def test_the_custom_prompt_box_shows_only_for_custom_text(webui):
+    _, module = webui
     components, _ = _panel(module)
     assert components["custom_prompt"].visible is False
     labels = list(FIELD["reference_prompt"].choices)
@@ -67,8 +67,8 @@ def test_the_custom_prompt_box_shows_only_for_custom_text(a1111):
     assert all(custom_prompt_visibility(label) == gr.update(visible=False) for label in others)
 
 
-def test_txt2img_does_not_offer_the_inpainting_preset(a1111):
-    _, module = a1111
+def test_txt2img_does_not_offer_the_inpainting_preset(webui):
+    _, module = webui
     txt, _ = _panel(module, is_img2img=False)
     img, _ = _panel(module, is_img2img=True)
     assert "Inpainting" not in txt["preset"].choices and "Inpainting" in img["preset"].choices
@@ -87,8 +87,8 @@ def test_the_default_preset_setting_shows_titles_and_reads_old_names(stored, mon
     assert shared.opts.data["rival_default_preset"] == "Prompt-guided (style transfer)"
 
 
-def test_the_init_image_as_reference_is_recorded_by_its_hash(a1111):
-    _, module = a1111
+def test_the_init_image_as_reference_is_recorded_by_its_hash(webui):
+    _, module = webui
     p, result = img2img(module, {"enabled": True, "use_init_image": True})
     assert f"RIVAL reference: {pixel_hash(p.init_images[0])}" in result.info
 
@@ -106,8 +106,8 @@ def test_the_gpu_part_of_the_feature_cache_never_exceeds_the_total(monkeypatch):
         job.FEATURES.clear()
 
 
-def test_the_official_settings_api_field_samples_as_the_paper(a1111):
-    _, module = a1111
+def test_the_official_settings_api_field_samples_as_the_paper(webui):
+    _, module = webui
     p, result = txt2img(module, enabled(preset="variation", official_settings=True), steps=6)
     assert (p.steps, p.cfg_scale, p.sampler_name) == (50, 5.0, "DDIM")
     assert "Steps: 50" in result.info and "Sampler: DDIM" in result.info and "CFG scale: 5.0" in result.info
@@ -115,11 +115,11 @@ def test_the_official_settings_api_field_samples_as_the_paper(a1111):
     assert (p.steps, p.sampler_name) == (6, "Euler")  # off by default
 
 
-def test_the_official_settings_button_sets_the_tabs_controls(a1111):
+def test_the_official_settings_button_sets_the_tabs_controls(webui):
     """A1111 creates its steps/CFG/sampler/schedule controls (elem_id ``txt2img_...``) beside the panel."""
     from rival_ext.webui.ui import official_values
 
-    _, module = a1111
+    _, module = webui
     script = module.RivalScript()
     script.is_img2img = False
     with gr.Blocks() as demo:

@@ -13,13 +13,26 @@ import types
 import numpy as np
 import pytest
 import torch
-from a1111_harness import CHAINS, callback_count, enabled, hook_count, img2img, pixels, txt2img
+from harness import (
+    CHAINS,
+    FORGE,
+    callback_count,
+    enabled,
+    hook_count,
+    img2img,
+    install_model,
+    pixels,
+    txt2img,
+    unet_of,
+)
 from modules import errors, processing, shared
 from PIL import Image
 
 from rival_ext.request import RivalRuntimeError
 from rival_ext.webui import extension
 from rival_ext.webui.args import RivalInputError
+
+pytestmark = pytest.mark.host("a1111", "forge", "reforge")  # host-neutral unless a test says otherwise
 
 
 def fail_on_call(model, n: int, error: BaseException):
@@ -31,7 +44,7 @@ def fail_on_call(model, n: int, error: BaseException):
         if len(calls) == n:
             raise error
 
-    return model.model.diffusion_model.register_forward_pre_hook(hook)
+    return unet_of(model).register_forward_pre_hook(hook)
 
 
 def assert_clean(model, p, hooks: int, callbacks: int) -> None:
@@ -44,8 +57,8 @@ def assert_clean(model, p, hooks: int, callbacks: int) -> None:
     ("phase", "call"),
     [("inversion", 1), ("last inversion step", 6), ("first sampling step", 7), ("mid-sampling", 10)],
 )
-def test_a_failure_at_any_unet_call_leaves_the_model_as_it_was(a1111, phase, call):
-    model, module = a1111
+def test_a_failure_at_any_unet_call_leaves_the_model_as_it_was(webui, phase, call):
+    model, module = webui
     _, before = txt2img(module, None)
     hooks, callbacks = hook_count(model), callback_count()
     handle = fail_on_call(model, call, RuntimeError(f"injected at {phase}"))
@@ -57,8 +70,8 @@ def test_a_failure_at_any_unet_call_leaves_the_model_as_it_was(a1111, phase, cal
     assert np.array_equal(pixels(before), pixels(after))
 
 
-def test_a_vae_failure_stops_with_a_message_and_no_hook(a1111, monkeypatch):
-    model, module = a1111
+def test_a_vae_failure_stops_with_a_message_and_no_hook(webui, monkeypatch):
+    model, module = webui
 
     def broken(*_args):
         raise RuntimeError("VAE exploded")
@@ -69,8 +82,8 @@ def test_a_vae_failure_stops_with_a_message_and_no_hook(a1111, monkeypatch):
     assert hook_count(model) == 0
 
 
-def test_a_failure_in_the_hires_pass_leaves_no_hook(a1111):
-    model, module = a1111
+def test_a_failure_in_the_hires_pass_leaves_no_hook(webui):
+    model, module = webui
     hires = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 3,
              "denoising_strength": 0.6}
     # 6 inversion + 6 first-pass calls, then the hires inversion: fail inside it
@@ -81,8 +94,8 @@ def test_a_failure_in_the_hires_pass_leaves_no_hook(a1111):
     assert hook_count(model) == 0
 
 
-def test_a_failing_postprocess_is_swallowed_by_a1111_and_leaves_nothing(a1111, monkeypatch):
-    model, module = a1111
+def test_a_failing_postprocess_is_swallowed_by_a1111_and_leaves_nothing(webui, monkeypatch):
+    model, module = webui
 
     def broken_postprocess(p, processed):
         raise RuntimeError("postprocess failed")
@@ -95,25 +108,26 @@ def test_a_failing_postprocess_is_swallowed_by_a1111_and_leaves_nothing(a1111, m
     assert "sample" not in vars(p)
 
 
-def test_out_of_memory_in_the_inversion_gives_a_clear_message(a1111):
+def test_out_of_memory_in_the_inversion_gives_a_clear_message(webui):
     """Out of memory in fp32 and again in the model's precision: the job stops with a clear message."""
-    model, module = a1111
+    model, module = webui
 
     def no_memory(_module, args):
         if args[0].shape[0] == 1:  # the inversion's calls
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    handle = model.model.diffusion_model.register_forward_pre_hook(no_memory)
+    handle = unet_of(model).register_forward_pre_hook(no_memory)
     with pytest.raises(RivalRuntimeError, match="out of GPU memory"):
         txt2img(module, enabled())
     handle.remove()
     assert hook_count(model) == 0
 
 
-def test_a_half_precision_nan_inversion_is_redone_in_fp32(a1111, monkeypatch):
+@pytest.mark.host("a1111")
+def test_a_half_precision_nan_inversion_is_redone_in_fp32(webui, monkeypatch):
     """With the setting "model", an inversion that overflows through A1111's apply_model is redone
     on the UNet itself in fp32 (apply_model is where A1111 casts to half precision)."""
-    model, module = a1111
+    model, module = webui
     monkeypatch.setattr(shared.opts, "rival_inversion_precision", "model", raising=False)
     apply_model = model.apply_model
 
@@ -124,12 +138,13 @@ def test_a_half_precision_nan_inversion_is_redone_in_fp32(a1111, monkeypatch):
     monkeypatch.setattr(model, "apply_model", overflowing)
     _, result = txt2img(module, enabled(adain=False, early_plain=0))
     assert "redone in fp32" in result.info and np.isfinite(pixels(result)).all()
-    assert next(model.model.diffusion_model.parameters()).dtype == torch.float32
+    assert next(unet_of(model).parameters()).dtype == torch.float32
     assert hook_count(model) == 0
 
 
-def test_fp32_and_model_precision_inversions_agree_on_an_fp32_model(a1111, monkeypatch):
-    _, module = a1111
+@pytest.mark.host("a1111")
+def test_fp32_and_model_precision_inversions_agree_on_an_fp32_model(webui, monkeypatch):
+    _, module = webui
     _, fp32 = txt2img(module, enabled())
     CHAINS.clear()
     monkeypatch.setattr(shared.opts, "rival_inversion_precision", "model", raising=False)
@@ -152,35 +167,35 @@ def test_fp32_and_model_precision_inversions_agree_on_an_fp32_model(a1111, monke
     ],
     ids=["RGBA", "LA", "P", "CMYK", "I16", "L", "1x1", "extreme-aspect", "bilevel"],
 )
-def test_every_image_mode_and_shape_is_accepted(a1111, image):
-    model, module = a1111
+def test_every_image_mode_and_shape_is_accepted(webui, image):
+    model, module = webui
     _, result = txt2img(module, {"enabled": True, "reference_image": image}, steps=3)
     assert len(result.images) == 1 and np.isfinite(pixels(result)).all()
     assert hook_count(model) == 0 and not errors.exception_records
 
 
-def test_a_very_large_reference_is_handled(a1111):
-    _, module = a1111
+def test_a_very_large_reference_is_handled(webui):
+    _, module = webui
     _, result = txt2img(module, {"enabled": True, "reference_image": Image.new("RGB", (6000, 4000), 90)}, steps=3)
     assert len(result.images) == 1
 
 
-def test_inpainting_with_an_empty_mask_is_refused_and_a_full_mask_runs(a1111):
-    model, module = a1111
+def test_inpainting_with_an_empty_mask_is_refused_and_a_full_mask_runs(webui):
+    model, module = webui
     with pytest.raises(RivalInputError, match="mask is empty"):
         img2img(module, {"enabled": True, "use_init_image": True}, mask=Image.new("L", (64, 64), 0))
     _, result = img2img(module, {"enabled": True, "use_init_image": True}, mask=Image.new("L", (64, 64), 255))
     assert len(result.images) == 1 and hook_count(model) == 0
 
 
-def test_use_init_image_in_txt2img_is_refused(a1111):
-    _, module = a1111
+def test_use_init_image_in_txt2img_is_refused(webui):
+    _, module = webui
     with pytest.raises(RivalInputError, match="init image"):
         txt2img(module, {"enabled": True, "use_init_image": True})
 
 
-def test_the_same_request_twice_gives_the_same_image(a1111, monkeypatch):
-    _, module = a1111
+def test_the_same_request_twice_gives_the_same_image(webui, monkeypatch):
+    _, module = webui
     monkeypatch.setattr(shared.opts, "rival_chain_cache_entries", 0, raising=False)  # invert both times
     _, first = txt2img(module, enabled(), batch_size=2)
     _, second = txt2img(module, enabled(), batch_size=2)
@@ -189,14 +204,14 @@ def test_the_same_request_twice_gives_the_same_image(a1111, monkeypatch):
         assert np.array_equal(pixels(first, i), pixels(second, i))
 
 
-def test_batch_count_does_not_change_an_image(a1111):
-    _, module = a1111
+def test_batch_count_does_not_change_an_image(webui):
+    _, module = webui
     _, counted = txt2img(module, enabled(), n_iter=2, seed=20)
     _, alone = txt2img(module, enabled(), seed=21)
     assert np.abs(pixels(counted, 1) - pixels(alone)).max() <= 1
 
 
-def test_rival_never_draws_from_a1111s_noise_stream(a1111, monkeypatch):
+def test_rival_never_draws_from_a1111s_noise_stream(webui, monkeypatch):
     from modules import rng
 
     draws = []
@@ -207,7 +222,7 @@ def test_rival_never_draws_from_a1111s_noise_stream(a1111, monkeypatch):
         return original(self)
 
     monkeypatch.setattr(rng.ImageRNG, "next", counting)
-    _, module = a1111
+    _, module = webui
     txt2img(module, None, sampler_name="Euler a")
     plain = len(draws)
     draws.clear()
@@ -229,8 +244,8 @@ def test_rival_never_draws_from_a1111s_noise_stream(a1111, monkeypatch):
         ("lora", {}),
     ],
 )
-def test_every_part_of_the_chain_key_invalidates_the_cache(a1111, monkeypatch, change, kwargs):
-    model, module = a1111
+def test_every_part_of_the_chain_key_invalidates_the_cache(webui, monkeypatch, change, kwargs):
+    model, module = webui
     rival = enabled(preset="variation")  # reference prompt = the prompt
     txt2img(module, rival)
     assert len(CHAINS) == 1
@@ -240,7 +255,10 @@ def test_every_part_of_the_chain_key_invalidates_the_cache(a1111, monkeypatch, c
         monkeypatch.setattr(model.sd_checkpoint_info, "shorthash", "feedbeef")
     elif change == "vae":
         monkeypatch.setattr(shared.opts, "sd_vae", "other.vae.pt", raising=False)
-    elif change == "lora":
+    elif change == "lora" and FORGE:  # Forge: the LoRA patches of the patcher the passes start from
+        base = model.forge_objects_after_applying_lora.unet
+        monkeypatch.setattr(base, "lora_patches", {("style.safetensors", 0.7, 1.0, False): {}})
+    elif change == "lora":  # A1111: the built-in Lora extension's loaded networks
         network = types.SimpleNamespace(name="style", te_multiplier=1.0, unet_multiplier=0.7)
         monkeypatch.setitem(sys.modules, "networks", types.SimpleNamespace(loaded_networks=[network]))
     _, result = txt2img(module, rival, **kwargs)
@@ -248,8 +266,8 @@ def test_every_part_of_the_chain_key_invalidates_the_cache(a1111, monkeypatch, c
     assert "chain from cache" not in result.info
 
 
-def test_the_cache_never_grows_past_its_setting(a1111, monkeypatch):
-    _, module = a1111
+def test_the_cache_never_grows_past_its_setting(webui, monkeypatch):
+    _, module = webui
     monkeypatch.setattr(shared.opts, "rival_chain_cache_entries", 2, raising=False)
     for steps in (3, 4, 5):
         txt2img(module, enabled(), steps=steps)
@@ -259,9 +277,9 @@ def test_the_cache_never_grows_past_its_setting(a1111, monkeypatch):
     assert len(CHAINS) == 0
 
 
-def test_a_job_is_invisible_to_another_generation(a1111):
+def test_a_job_is_invisible_to_another_generation(webui):
     """Per-job state lives on its ``p``: a plain generation in between is untouched."""
-    _, module = a1111
+    _, module = webui
     _, plain = txt2img(module, None)
     waiting = processing.StableDiffusionProcessingTxt2Img(prompt="x", steps=3, width=64, height=64)
     waiting.extra_generation_params = {}
@@ -273,9 +291,10 @@ def test_a_job_is_invisible_to_another_generation(a1111):
     assert "sample" not in vars(waiting)
 
 
+@pytest.mark.host("a1111")
 @pytest.mark.parametrize("setup", ["sd3", "tensorrt", "controlnet reference", "unclip", "hypertile"])
-def test_unsupported_setups_run_without_rival_and_say_why(a1111, monkeypatch, setup):
-    model, module = a1111
+def test_unsupported_setups_run_without_rival_and_say_why(webui, monkeypatch, setup):
+    model, module = webui
     if setup == "sd3":
         monkeypatch.setattr(model, "is_sd3", True, raising=False)
     elif setup == "tensorrt":
@@ -283,10 +302,10 @@ def test_unsupported_setups_run_without_rival_and_say_why(a1111, monkeypatch, se
 
         monkeypatch.setattr(sd_unet, "current_unet", object())
     elif setup == "controlnet reference":
-        block = next(m for m in model.model.diffusion_model.modules() if hasattr(m, "attn1"))
+        block = next(m for m in unet_of(model).modules() if hasattr(m, "attn1"))
         monkeypatch.setattr(block, "_forward", block._forward, raising=False)
     elif setup == "hypertile":  # Hypertile wraps attn1's forward per instance and tiles its input
-        attn1 = next(m.attn1 for m in model.model.diffusion_model.modules() if hasattr(m, "attn1"))
+        attn1 = next(m.attn1 for m in unet_of(model).modules() if hasattr(m, "attn1"))
         monkeypatch.setattr(attn1, "forward", attn1.forward, raising=False)
     else:
         monkeypatch.setattr(model.model, "conditioning_key", "crossattn-adm", raising=False)
@@ -297,12 +316,12 @@ def test_unsupported_setups_run_without_rival_and_say_why(a1111, monkeypatch, se
     assert hook_count(model) == 0
 
 
-def test_rival_stops_at_a_model_switch_mid_sampling(a1111, monkeypatch):
-    model, module = a1111
-    import fake_model
+def test_rival_stops_at_a_model_switch_mid_sampling(webui, monkeypatch):
+    model, module = webui
     from modules import script_callbacks
 
-    other = fake_model.FakeLatentDiffusion(seed=1)
+    other = install_model(seed=1)
+    shared.sd_model = model
     calls = []
 
     def switch(params):
@@ -317,8 +336,8 @@ def test_rival_stops_at_a_model_switch_mid_sampling(a1111, monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["inpaint", "hires"])
-def test_disabled_is_bit_identical_for_inpaint_and_hires(a1111, case):
-    _, module = a1111
+def test_disabled_is_bit_identical_for_inpaint_and_hires(webui, case):
+    _, module = webui
     if case == "inpaint":
         mask = Image.new("L", (64, 64), 0)
         mask.paste(255, (16, 16, 48, 48))
@@ -332,11 +351,11 @@ def test_disabled_is_bit_identical_for_inpaint_and_hires(a1111, case):
     assert np.array_equal(pixels(absent), pixels(disabled))
 
 
-def test_fewer_inversion_steps_make_a_coarser_chain(a1111, monkeypatch):
-    model, module = a1111
+def test_fewer_inversion_steps_make_a_coarser_chain(webui, monkeypatch):
+    model, module = webui
     monkeypatch.setattr(shared.opts, "rival_inversion_steps", 2, raising=False)
     calls = []
-    handle = model.model.diffusion_model.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    handle = unet_of(model).register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
     _, result = txt2img(module, enabled(), steps=6)
     handle.remove()
     chain = next(iter(CHAINS._items.values()))
@@ -344,8 +363,8 @@ def test_fewer_inversion_steps_make_a_coarser_chain(a1111, monkeypatch):
     assert "inversion on 2 steps" in result.info and hook_count(model) == 0
 
 
-def test_the_feature_cache_is_dropped_when_the_chain_changes(a1111, monkeypatch):
-    _, module = a1111
+def test_the_feature_cache_is_dropped_when_the_chain_changes(webui, monkeypatch):
+    _, module = webui
     from rival_ext.job import FEATURES
 
     monkeypatch.setattr(shared.opts, "rival_feature_cache", True, raising=False)
@@ -355,8 +374,8 @@ def test_the_feature_cache_is_dropped_when_the_chain_changes(a1111, monkeypatch)
     assert len(FEATURES) == 1 and set(FEATURES) != first
 
 
-def test_and_prompts_route_every_sub_prompt_row_to_the_reference_cond_row(a1111):
-    model, module = a1111
+def test_and_prompts_route_every_sub_prompt_row_to_the_reference_cond_row(webui):
+    model, module = webui
     _, together = txt2img(module, enabled(), prompt="a cat AND a hat:0.7", batch_size=2)
     shared.opts.batch_cond_uncond = False
     _, apart = txt2img(module, enabled(), prompt="a cat AND a hat:0.7", batch_size=2)
@@ -365,8 +384,9 @@ def test_and_prompts_route_every_sub_prompt_row_to_the_reference_cond_row(a1111)
     assert hook_count(model) == 0 and not errors.exception_records
 
 
-def test_v_prediction_checkpoints_run(a1111, monkeypatch):
-    model, module = a1111
+@pytest.mark.host("a1111")
+def test_v_prediction_checkpoints_run(webui, monkeypatch):
+    model, module = webui
     monkeypatch.setattr(model, "parameterization", "v")
     _, plain = txt2img(module, None)
     _, result = txt2img(module, enabled())
@@ -374,8 +394,9 @@ def test_v_prediction_checkpoints_run(a1111, monkeypatch):
     assert hook_count(model) == 0 and not errors.exception_records
 
 
-def test_no_memory_for_an_fp32_unet_falls_back_to_the_models_precision(a1111, monkeypatch):
-    model, module = a1111
+@pytest.mark.host("a1111")
+def test_no_memory_for_an_fp32_unet_falls_back_to_the_models_precision(webui, monkeypatch):
+    model, module = webui
     from contextlib import contextmanager
 
     from rival_ext.a1111 import model as a1111_model

@@ -1,8 +1,16 @@
-"""Driving the real extension script through the A1111 v1.10.1 stub, as A1111 would."""
+"""Driving the real extension script through a stub WebUI, as the WebUI would.
+
+The stub is chosen by the environment variable ``RIVAL_STUB``: ``a1111`` (default; tests/a1111_stub, A1111
+v1.10.1), ``forge`` (tests/forge_stub over the A1111 stub: Forge's ``backend`` and the modules Forge changed) or
+``reforge`` (the same with the ComfyUI-style patcher of reForge and Forge Classic: no ``backend``, no
+``cond_indices``). One stub per Python process: ``tests/run_tests.sh`` runs the host-neutral test modules once per
+stub.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -11,13 +19,25 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+STUB = os.environ.get("RIVAL_STUB", "a1111")
+if STUB not in ("a1111", "forge", "reforge"):
+    raise RuntimeError(f"RIVAL_STUB must be a1111, forge or reforge, got {STUB!r}")
+FORGE = STUB in ("forge", "reforge")
 sys.path.insert(0, str(ROOT / "tests" / "a1111_stub"))
+if FORGE:
+    sys.path.insert(0, str(ROOT / "tests" / "forge_stub"))
+    if STUB == "reforge":
+        import reforge_flavour  # noqa: F401 (the patcher family: hides Forge2's backend)
 
 import fake_model  # noqa: E402
 from modules import processing, script_callbacks, scripts  # noqa: E402
 from modules.api import api  # noqa: E402
 
+from rival_ext.forge.patches import Patch  # noqa: E402
 from rival_ext.job import CHAINS  # noqa: E402
+
+if FORGE:
+    import forge_model
 
 
 def reference_image() -> Image.Image:
@@ -26,10 +46,15 @@ def reference_image() -> Image.Image:
     return Image.fromarray(skimage.data.chelsea())
 
 
-def a1111_environment(dtype: torch.dtype = torch.float32):
-    """Fresh A1111 state, the fake model loaded (in ``dtype``), and the extension's script module imported."""
+def install_model(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """The stub's fake model as ``shared.sd_model``."""
+    return (forge_model if FORGE else fake_model).install(seed=seed, dtype=dtype)
+
+
+def stub_environment(dtype: torch.dtype = torch.float32):
+    """Fresh WebUI state, the fake model loaded (in ``dtype``), and the extension's script module imported."""
     fake_model.reset_a1111_state()
-    model = fake_model.install(dtype=dtype)
+    model = install_model(dtype=dtype)
     CHAINS.clear()
     spec = importlib.util.spec_from_file_location("rival_script", ROOT / "scripts" / "rival.py")
     module = importlib.util.module_from_spec(spec)
@@ -37,8 +62,28 @@ def a1111_environment(dtype: torch.dtype = torch.float32):
     return model, module
 
 
+def unet_of(model) -> torch.nn.Module:
+    """The UNet module of the loaded model (A1111: ``model.model.diffusion_model``; Forge: the patcher's)."""
+    if FORGE:
+        return model.forge_objects_after_applying_lora.unet.model.diffusion_model
+    return model.model.diffusion_model
+
+
+def rival_patches(patcher) -> int:
+    """RIVAL's patches left in a Forge UNet patcher's options (its wrapper, attn1 patches)."""
+    options = patcher.model_options
+    patches = options.get("transformer_options", {}).get("patches", {})
+    left = sum(isinstance(p, Patch) for listed in patches.values() for p in listed)
+    return left + isinstance(options.get("model_function_wrapper"), Patch)
+
+
 def hook_count(model) -> int:
-    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.model.diffusion_model.modules())
+    """What RIVAL could have left on the model: module hooks on the UNet, and in Forge RIVAL's patches on the
+    patchers the next generation starts from (the loaded one and the one after LoRAs)."""
+    count = sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in unet_of(model).modules())
+    if FORGE:
+        count += rival_patches(model.forge_objects.unet) + rival_patches(model.forge_objects_after_applying_lora.unet)
+    return count
 
 
 def callback_count() -> int:
@@ -84,9 +129,7 @@ def img2img(module, rival, mask=None, image=None, **settings):
         cfg_scale=5, init_images=[image], denoising_strength=settings.pop("denoising_strength", 0.75),
         mask=mask, inpaint_full_res=settings.pop("inpaint_full_res", False), inpainting_fill=1, **settings,
     )
-    torch.manual_seed(0)  # A1111 encodes the init image with a posterior sample from the global RNG
+    torch.manual_seed(0)  # the WebUI encodes the init image with a posterior sample from the global RNG
     if rival is not None:
         attach(p, scripts.ScriptRunner([module.RivalScript()], is_img2img=True), rival)
     return p, processing.process_images(p)
-
-
