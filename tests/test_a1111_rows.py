@@ -123,15 +123,17 @@ def _t(model, sigma: float) -> float:
 
 
 class HeldFeatures:
-    """After each model evaluation: the evaluation's key, and the items and bytes the strategy's cache holds
-    (whether every item holds attention features too)."""
+    """What the reference strategy's cache holds during each model evaluation (its UNet calls done, at
+    ``cfg_denoised``) and after it (``cfg_after_cfg``): the evaluation whose rows each item is, and the bytes."""
 
     def __init__(self) -> None:
-        self.after: list[tuple[tuple, list[tuple], int, bool]] = []
+        self.during: list[tuple[tuple, set[tuple], int, int, bool]] = []  # key, items' keys, items, bytes, features
+        self.after: list[tuple[tuple, set[tuple]]] = []
         self.strategies: set[type] = set()
         self._key = None
         self._router = None
         script_callbacks.on_cfg_denoiser(self.begin)
+        script_callbacks.on_cfg_denoised(self.measure)
         script_callbacks.on_cfg_after_cfg(self.end)
 
     def begin(self, params) -> None:  # after RIVAL's: the evaluation is open
@@ -139,20 +141,27 @@ class HeldFeatures:
         ev = self._router.evaluation
         self._key = evaluation_key(ev.sigma, ev.t)
 
-    def end(self, _params) -> None:
+    def _cache(self):
         self.strategies.add(type(self._router.strategy))
-        cache = self._router.strategy.cache
+        return self._router.strategy.cache
+
+    def measure(self, _params) -> None:
+        cache = self._cache()
         features = all(item.features is not None for item in cache._items.values())
-        self.after.append((self._key, list(cache._items), cache.nbytes, features))
+        self.during.append((self._key, {item[:-1] for item in cache._items}, len(cache), cache.nbytes, features))
+
+    def end(self, _params) -> None:
+        self.after.append((self._key, {item[:-1] for item in self._cache()._items}))
 
     def close(self) -> None:
-        script_callbacks.remove_callbacks_for_function(self.begin)
-        script_callbacks.remove_callbacks_for_function(self.end)
+        for callback in (self.begin, self.measure, self.end):
+            script_callbacks.remove_callbacks_for_function(callback)
 
 
 def test_the_separate_pass_holds_one_evaluations_reference_features_at_most(a1111):
-    """With ControlNet's forward on the UNet the reference rows run apart and their features are replayed: after
-    every evaluation only that evaluation's rows are held (one per reference role), never the earlier ones."""
+    """With ControlNet's forward on the UNet the reference rows run apart and their features are replayed: during
+    each evaluation only its own rows are held (one per reference role), after it at most those, never the earlier
+    evaluations' (kept, they added up to gigabytes over a generation)."""
     model, module = a1111
     unet = model.model.diffusion_model
     class_forward = unet.forward
@@ -163,8 +172,10 @@ def test_the_separate_pass_holds_one_evaluations_reference_features_at_most(a111
     finally:
         held.close()
         del unet.forward
-    assert held.strategies == {SeparatePass} and len(held.after) == 8 and not errors.exception_records
-    for key, items, _, features in held.after:
-        assert {item[:-1] for item in items} == {key}, "features of an earlier evaluation are still held"
-        assert len(items) == 2 and features  # the reference-cond and reference-uncond rows, with their features
-    assert len({nbytes for _, _, nbytes, _ in held.after}) == 1  # the same bytes after every evaluation
+    assert held.strategies == {SeparatePass} and len(held.during) == len(held.after) == 8
+    for key, keys, items, _, features in held.during:
+        assert keys == {key}, "features of an earlier evaluation are still held"
+        assert items == 2 and features  # the reference-cond and reference-uncond rows, with their features
+    assert len({nbytes for *_, nbytes, _ in held.during}) == 1  # the same bytes in every evaluation
+    assert all(keys <= {key} for key, keys in held.after)
+    assert not errors.exception_records
