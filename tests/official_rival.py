@@ -6,6 +6,11 @@ timesteps and VP latents, runs the official batch of 4 rows [ref-uncond, gen-unc
 gen-cond], and drives self-attention by the official per-module call counter, so that an
 agreement with the library is evidence, not a tautology. Only the ldm UNet and an abar table
 are shared.
+
+Example-based inpainting (spec 1.4 step 6, 1.7, 4.10): after every step the generated latent's
+keep region is overwritten by the chain of the image being inpainted at the next level (in the
+official setting that image is the reference; ``keep_chain`` may be another image's chain), and
+after the loop it is that image's clean latent z0.
 """
 
 from __future__ import annotations
@@ -148,12 +153,14 @@ def _injected_forward(
 
 @contextmanager
 def official_attention(
-    unet: nn.Module, steps: int, t_align: int, editing_early_steps: int
+    unet: nn.Module, steps: int, t_align: int, editing_early_steps: int, skipped: int = 0
 ) -> Iterator[list[AttentionCounter]]:
     """Swap the forward of every attention module of the UNet's transformer blocks; restore after.
 
     As in the official code every CrossAttention gets the new forward, and the cross-attention
     ones (called with a context) bypass it; the per-module counters are yielded for inspection.
+    ``skipped``: the loop starts that many timesteps late; the counters start where those calls
+    would have left them, so that each call's mode is the one it has in a full run.
     """
     from ldm.modules.attention import BasicTransformerBlock
 
@@ -165,6 +172,7 @@ def official_attention(
                 continue
             for module in (block.attn1, block.attn2):
                 counter = AttentionCounter(steps, t_align, editing_early_steps)
+                counter.value -= skipped * (TRAIN_STEPS // steps)
                 swapped.append((module, module.__dict__.get("forward")))
                 module.forward = _injected_forward(module, module.forward, counter)
                 if module is block.attn1:
@@ -199,23 +207,37 @@ def official_rival(
     chain: list[Tensor] | None = None,
     calls: int | None = None,
     trace: list[Tensor] | None = None,
+    keep: Tensor | None = None,
+    keep_chain: list[Tensor] | None = None,
+    first_call: int = 0,
 ) -> OfficialRun:
     """Invert z0, then run the two-branch DDIM loop with CFG, AdaIN and the chain overwrite.
 
     ``generated_init`` defaults to x_T (the editing mode: nothing random); a precomputed
     ``chain`` (from :func:`ddim_inversion` with the same text) saves the inversion. ``calls``
-    stops the loop after that many model calls (A1111's DDIM makes ``steps - 1`` and ends at
-    level t = 1); ``trace`` receives the generated latent entering each call, then the final one.
+    stops the loop after the model call of timestep index ``calls - 1`` (A1111's DDIM makes
+    ``steps - 1`` calls and ends at level t = 1); ``trace`` receives the generated latent
+    entering each call, then the final one.
+
+    Inpainting: ``keep`` (H, W) bool is the region kept from the image being inpainted, whose
+    chain ``keep_chain`` (default: the reference's ``chain``, the official setting) overwrites it
+    after every step, and whose z0 (``keep_chain[0]``) it is at the end. ``first_call`` starts the
+    loop at that timestep index with ``generated_init`` as the latent entering it (A1111's
+    img2img at full strength noises to the top level and calls the model first one level lower).
     """
     if chain is None:
         chain = ddim_inversion(unet, abar, z0, steps, texts.inversion)
+    if keep is not None and keep_chain is None:
+        keep_chain = chain
     ratio = TRAIN_STEPS // steps
     context = torch.cat([texts.ref_uncond, texts.gen_uncond, texts.ref_cond, texts.gen_cond])
-    reference = chain[steps]
+    reference = chain[steps - first_call]
     generated = chain[steps] if generated_init is None else generated_init
     adain_steps = []
-    with official_attention(unet, steps, config.t_align, config.editing_early_steps) as counters:
+    with official_attention(unet, steps, config.t_align, config.editing_early_steps, first_call) as counters:
         for i, t in enumerate(ddim_timesteps(steps)[:calls]):
+            if i < first_call:
+                continue
             if trace is not None:
                 trace.append(generated)
             latents = torch.cat([reference, generated, reference, generated])
@@ -231,6 +253,10 @@ def official_rival(
             x0 = (both - (1 - a) ** 0.5 * noise) / a**0.5
             stepped = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * noise
             reference, generated = chain[steps - 1 - i], stepped[1:2]  # post-2023-12-06 chain index
+            if keep is not None:  # the keep region onto the inpainted image's chain, at the next level
+                generated = torch.where(keep, keep_chain[steps - 1 - i], generated)
+    if keep is not None:  # the keep region ends on z0 (after a full loop the last overwrite already put it there)
+        generated = torch.where(keep, keep_chain[0], generated)
     if trace is not None:
         trace.append(generated)
     return OfficialRun(chain, reference, generated, counters, adain_steps)

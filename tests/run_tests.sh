@@ -80,6 +80,12 @@ if [[ ! -f "$venv/.complete" ]]; then
     "$vpy" -m pip install -q --no-deps stable-diffusion-sdkit==2.1.5 2>&1 | { grep -v "is neither a file nor a directory" || true; }
     touch "$venv/.complete"
 fi
+# A changed pin or Python leaves the leg's earlier venv behind (1.6 to 5.3 GB each): say so, and how to free it.
+stale=$(find "$venv_root" -mindepth 1 -maxdepth 1 -name "venv-$leg-*" ! -path "$venv" | wc -l)
+if [[ "$stale" -gt 0 ]]; then
+    echo "run_tests.sh: $stale older venv(s) of leg $leg (earlier pins or Python) in $venv_root; remove them with:" \
+        "find \"$venv_root\" -maxdepth 1 -name 'venv-$leg-*' ! -path \"$venv\" -exec rm -rf {} +"
+fi
 echo "run_tests.sh: leg $leg, $("$vpy" -c 'import sys, torch, numpy; print("Python %s, torch %s, numpy %s" % (sys.version.split()[0], torch.__version__, numpy.__version__))'), venv $venv"
 
 if [[ "$leg" == current ]]; then

@@ -1,4 +1,5 @@
-"""A whole generation through the extension's A1111 path equals the official RIVAL loop.
+"""A whole generation through the extension's A1111 path equals the official RIVAL loop (txt2img here; inpainting
+through img2img further down, with its own notes).
 
 The stub's ``process_images`` runs with the real ``scripts/rival.py`` attached, the fake model in float64,
 the editing start (``init_latent`` "inverted": nothing random) and the reference prompt null or the prompt.
@@ -58,8 +59,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from harness import attach, enabled, fake_model, stub_environment
+from harness import attach, enabled, fake_model, reference_image, stub_environment
+from modules import scripts
 from official_rival import OfficialConfig, OfficialTexts, ddim_inversion, ddim_timesteps, official_rival
+from PIL import Image
 
 from rival_ext.a1111.model import schedule_of
 from rival_ext.job import CHAINS
@@ -257,3 +260,177 @@ def test_euler_with_float64_sigmas_equals_the_official_loop_to_round_off(env64, 
     inputs = max(rel(x, o) for (_, x), o in zip(gen.inputs, trace))
     print(f"Euler float64 sigmas, {steps} steps: final {final:.2g} inputs {inputs:.2g}")
     assert final < EULER_F64_SIGMA_RTOL and inputs < EULER_F64_SIGMA_RTOL
+
+
+# -- inpainting ------------------------------------------------------------------------------------------------------
+#
+# img2img's inpaint tab (whole picture, full strength, the left half regenerated), preset Inpainting (null reference
+# prompt, t_align 600, t_early 600, no plain steps) against the official loop with its keep-region overwrite, for the
+# two references: the init image itself (the official setting: one chain) and another image (the keep region follows
+# the init image's chain, attention and AdaIN the reference's). A1111's img2img noises the start to the top level and
+# then samples; its DDIM calls the model first one level lower (timestep index 1: ``first_call``) and ends at level
+# t = 1, where the extension's ``post_sample`` puts the keep region on z0 as the official end does. Euler on the DDIM
+# schedule covers the whole official loop. Euler's final latent is VE at sigma_min except the keep region, which is
+# z0 itself (what A1111 decodes, as the official code decodes z0 there): only the regenerated region is converted.
+#
+# Independent: the official loop inverts both clean latents itself and starts from the official start, the chain's
+# top with the regenerated region permuted (the permutation is the extension's seeded one, ``inpaint_initial_latent``,
+# applied to the official top). Loop: the official loop on the extension's chains and first model input.
+#
+# Measured (10 steps, float64 fake model; whole final latent / regenerated region): independent <= 8.5e-8 / 1.1e-7
+# (chains 1.1e-7); loop DDIM <= 2.7e-15 / 4.7e-15, Euler <= 3.8e-8 / 5e-8, model inputs 7e-8 (float32 sigmas, see
+# above). The four cases take ~30 s.
+
+INPAINT_CONFIG = OfficialConfig(t_align=600, t_early=600, editing_early_steps=1000, guidance_scale=CFG)
+
+
+@dataclass(frozen=True)
+class InpaintCase:
+    reference: str  # "init image" (use the init image as reference) or "another" (an uploaded reference)
+    sampler: str  # "DDIM" or "Euler" (schedule type DDIM)
+    steps: int = 10
+
+    @property
+    def rival(self) -> dict:
+        rival = {"enabled": True, "preset": "inpainting"}
+        if self.reference == "init image":
+            return {**rival, "use_init_image": True}
+        return {**rival, "reference_image": reference_image()}
+
+    @property
+    def first_call(self) -> int:
+        return 1 if self.sampler == "DDIM" else 0
+
+    @property
+    def calls(self) -> int:
+        return self.steps - 1 if self.sampler == "DDIM" else self.steps
+
+
+INPAINT_CASES = [InpaintCase(r, s) for s in ("DDIM", "Euler") for r in ("init image", "another")]
+
+
+def inpaint_mask() -> Image.Image:
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # A1111: white = regenerate; the left half
+    return mask
+
+
+def init_image() -> Image.Image:
+    import skimage.data
+
+    return Image.fromarray(skimage.data.astronaut()).resize((64, 64))
+
+
+class FinalLatent(scripts.Script):
+    """Keeps the latent that leaves ``post_sample`` (after RIVAL's, which runs first), i.e. what A1111 decodes."""
+
+    def title(self):
+        return "final latent"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def post_sample(self, p, ps, *args):
+        self.samples = ps.samples.clone()
+
+
+@dataclass
+class Inpainting:
+    final: torch.Tensor  # VP, float64 (the keep region as sampled: z0)
+    inputs: list[torch.Tensor]  # VP generated latent at each model call
+    chain: object
+    keep_chain: object
+    regenerate: torch.Tensor  # (H, W) bool
+    seed: int
+
+
+def generate_inpainting(module, case: InpaintCase) -> Inpainting:
+    """One img2img inpainting through the stub with RIVAL; the generated latent at each cfg_denoiser callback."""
+    from modules import processing, script_callbacks, shared
+
+    from rival_ext.webui import extension
+
+    shared.opts.data["rival_inversion_precision"] = "model"
+    CHAINS.clear()
+    inputs, jobs = [], []
+
+    def record(params):  # registered after RIVAL's callback: the keep region is forced already
+        jobs.append(extension.job_of(params.denoiser.p))
+        inputs.append((float(params.sigma[-1]), params.x[-1:].detach().clone()))
+
+    script_callbacks.on_cfg_denoiser(record)
+    kind = {"sampler_name": "DDIM"} if case.sampler == "DDIM" else {"sampler_name": "Euler", "scheduler": "DDIM"}
+    p = processing.StableDiffusionProcessingImg2Img(
+        prompt="a cat", negative_prompt="ugly", steps=case.steps, width=64, height=64, seed=3, cfg_scale=CFG,
+        init_images=[init_image()], mask=inpaint_mask(), denoising_strength=1.0, inpaint_full_res=False,
+        inpainting_fill=1, **kind)
+    final = FinalLatent()
+    attach(p, scripts.ScriptRunner([module.RivalScript(), final], is_img2img=True), case.rival)
+    torch.manual_seed(0)  # A1111 encodes the init image with a posterior sample from the global RNG
+    try:
+        processing.process_images(p)
+    finally:
+        script_callbacks.remove_callbacks_for_function(record)
+    job = jobs[0]
+    regenerate = job.prepared.regenerate
+    if case.sampler == "DDIM":
+        vp = [x.double() for _, x in inputs]
+        samples = final.samples.double()
+    else:
+        vp = [x.double() * float(vp_scale(s)) for s, x in inputs]
+        scale = float(vp_scale(float(job.prepared.chain.sigmas[-1])))
+        samples = torch.where(regenerate, final.samples.double() * scale, final.samples.double())
+    return Inpainting(samples, vp, job.prepared.chain, job.prepared.keep_chain, regenerate, p.seeds[0])
+
+
+@pytest.mark.parametrize("case", INPAINT_CASES, ids=lambda c: f"{c.sampler}-{c.reference}")
+def test_a1111_inpainting_equals_the_official_loop(env64, case):
+    """The final latent and the regenerated region equal the official loop's, for both references and samplers."""
+    from rival_ext.latent_init import inpaint_initial_latent
+
+    model, module = env64
+    gen = generate_inpainting(module, case)
+    official = Official(model, Case("null", case.steps, case.sampler))
+    keep, regenerate = ~gen.regenerate, gen.regenerate
+    assert (case.reference == "init image") == (gen.keep_chain is gen.chain)
+    assert len(gen.inputs) == case.calls - case.first_call
+    params = RivalParams(t_align=600, t_early=600, early_plain=1000)
+    ts = ddim_timesteps(case.steps)[case.first_call : case.calls]
+    assert {params.attention_mode(t) for t in ts} == {AttentionMode.REFERENCE, AttentionMode.CONCAT}
+    assert 0 < sum(params.adain_active(t) for t in ts) < len(ts)
+
+    def run(chain, keep_chain, start):
+        trace = []
+        out = official_rival(official.unet, official.abar, None, case.steps, official.texts, INPAINT_CONFIG,
+                             generated_init=start, chain=chain, calls=case.calls, trace=trace, keep=keep,
+                             keep_chain=keep_chain, first_call=case.first_call)
+        return out.generated, trace
+
+    def region(x):
+        return x[..., regenerate]
+
+    # Independent: both chains inverted by the official code; the official start on the init image's chain.
+    ref_nodes, keep_nodes = vp_nodes(gen.chain), vp_nodes(gen.keep_chain)
+    own = ddim_inversion(official.unet, official.abar, ref_nodes[0], case.steps, official.texts.inversion)
+    own_keep = own if gen.keep_chain is gen.chain else ddim_inversion(
+        official.unet, official.abar, keep_nodes[0], case.steps, official.texts.inversion)
+    top = own_keep[case.steps]
+    start = inpaint_initial_latent(top[0], regenerate, gen.seed)[None]
+    start = torch.where(keep, own_keep[case.steps - case.first_call], start)
+    final, _ = run(own, own_keep, start)
+    chain_error = max(rel(a, b) for a, b in zip(ref_nodes + keep_nodes, own + own_keep))
+    independent, independent_region = rel(gen.final, final), rel(region(gen.final), region(final))
+
+    # Loop: the official loop on the extension's chains and first model input.
+    final, trace = run(ref_nodes, keep_nodes, gen.inputs[0])
+    loop, loop_region = rel(gen.final, final), rel(region(gen.final), region(final))
+    inputs = max(rel(x, o) for x, o in zip(gen.inputs, trace))
+    print(f"{case}: independent {independent:.2g} (region {independent_region:.2g}) chain {chain_error:.2g} "
+          f"loop {loop:.2g} (region {loop_region:.2g}) inputs {inputs:.2g}")
+
+    assert chain_error < INDEPENDENT_RTOL
+    assert independent < INDEPENDENT_RTOL and independent_region < INDEPENDENT_RTOL
+    tol = LOOP_RTOL if case.sampler == "DDIM" else EULER_F32_SIGMA_RTOL
+    assert loop < tol and loop_region < tol and inputs < tol
+    assert torch.equal(gen.final[..., keep], gen.keep_chain.origin_latent.double()[None][..., keep])  # z0 exactly
+    assert rel(region(gen.final), region(keep_nodes[0])) > 0.05  # not vacuous: regenerated, far from the init image

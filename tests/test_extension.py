@@ -137,6 +137,18 @@ def test_an_image_does_not_depend_on_its_batch(webui):
     assert np.abs(pixels(batch, 1) - pixels(alone)).max() <= 1
 
 
+def test_an_image_does_not_depend_on_its_batch_with_an_and_prompt(webui):
+    """Invariant 18 with an AND prompt, AdaIN on (the variation steps above t = 600): A1111 puts each image's two
+    cond rows before the B uncond rows, so the rows that hold each image's own latent (what k-diffusion's AdaIN
+    converts with) are the last B ones."""
+    _, module = webui
+    prompt = "a cat AND a dog:0.5"
+    _, batch = txt2img(module, enabled(), batch_size=3, seed=10, prompt=prompt)
+    for i in range(3):
+        _, alone = txt2img(module, enabled(), seed=10 + i, prompt=prompt)
+        assert np.abs(pixels(batch, i) - pixels(alone)).max() <= 1, f"image {i + 1} of the batch"
+
+
 def test_skipped_uncond_rows_route_correctly(webui):
     """With uncond rows dropped early (skip early CFG), calls hold cond rows only: the cursor must still
     give them the reference-cond row, so the result equals the batch_cond_uncond-off run."""

@@ -133,3 +133,38 @@ def test_the_official_settings_button_sets_the_tabs_controls(webui):
     assert len(clicks) == 1 and clicks[0]["outputs"] == [c._id for c in controls.values()]
     assert official_values("Variation") == [50, 5.0, "DDIM", "Automatic"]
     assert official_values("Editing") == [50, 7.0, "DDIM", "Automatic"]
+
+
+def test_an_infotext_with_default_values_pastes_every_field_back(webui):
+    """A generation with every value at its default writes only part of the keys (no hires, AdaIN, switch rule or
+    custom prompt); pasted over a panel where everything differs, each field gets the value used, and the fields
+    the infotext does not carry are left as they were."""
+    from modules.infotext_utils import paste_values
+
+    _, module = webui
+    _, result = txt2img(module, enabled())
+    assert "RIVAL: variation" in result.info
+    assert not any(key in result.info for key in ("RIVAL hires", "RIVAL AdaIN", "RIVAL switch rule", "RIVAL custom"))
+    script = module.RivalScript()
+    script.is_img2img = False
+    with gr.Blocks():
+        components = dict(zip(FIELDS, script.ui(False)))
+    image = object()
+    panel = {  # every value differs from the generation's
+        "enabled": False, "reference_image": image, "use_init_image": True, "preset": "Editing", "t_align": 450,
+        "t_early": 350, "early_plain": 900, "reference_prompt": "custom text", "custom_prompt": "a dog",
+        "init_latent": "seed noise", "apply_to_hires": True, "switch_rule": "paper (t <= t_align)", "adain": False,
+        "show_reconstruction": True, "official_settings": True,
+    }
+    name_of = {id(component): name for name, component in components.items()}
+    for (component, _), update in zip(script.infotext_fields, paste_values(script.infotext_fields, result.info)):
+        if "value" in update:
+            panel[name_of[id(component)]] = update["value"]
+    assert panel == {
+        "enabled": True, "preset": "Variation", "t_align": 600, "t_early": 600, "early_plain": 1000,
+        "reference_prompt": "same as the prompt", "init_latent": "shuffled inverted latent", "apply_to_hires": False,
+        "switch_rule": "official (t - 1 <= t_align)", "adain": True,
+        "custom_prompt": "a dog",  # read only with "custom text", which the paste has replaced
+        # not in an infotext (the image by its hash only): the user's choice stays
+        "reference_image": image, "use_init_image": True, "show_reconstruction": True, "official_settings": True,
+    }

@@ -1,4 +1,5 @@
-"""Infotext quoting and parsing (``Key: value, ...``) as in A1111 v1.10.1; the old module name is aliased."""
+"""Infotext quoting, parsing (``Key: value, ...``) and pasting into components as in A1111 v1.10.1; the old
+module name is aliased."""
 
 from __future__ import annotations
 
@@ -59,6 +60,49 @@ def parse_generation_parameters(x: str, skip_fields: list[str] | None = None) ->
     res.setdefault("Clip skip", "1")
     for key in skip_fields:
         res.pop(key, None)
+    return res
+
+
+# A1111: modules/infotext_utils.py connect_paste's paste_func (the params.txt fallback for an empty prompt left out):
+# parse_generation_parameters, infotext_pasted_callback, then per (component, key): a callable key is called with the
+# params (an exception is reported and counts as None), else params.get(key); None -> gr.update(); a gr.update dict is
+# passed on; else the value is converted to type(component.value) ("False" is False for a bool, float() for an int)
+# and sent as gr.update(value=...); a failed conversion sends gr.update()
+def paste_values(paste_fields, prompt: str) -> list:
+    """The update each component of ``paste_fields`` gets when ``prompt`` (an infotext) is pasted."""
+    import gradio as gr
+
+    from modules import errors, script_callbacks
+
+    type_of_gr_update = type(gr.update())
+    params = parse_generation_parameters(prompt)
+    script_callbacks.infotext_pasted_callback(prompt, params)
+    res = []
+    for output, key in paste_fields:
+        if callable(key):
+            try:
+                v = key(params)
+            except Exception:
+                errors.report(f"Error executing {key}", exc_info=True)
+                v = None
+        else:
+            v = params.get(key, None)
+        if v is None:
+            res.append(gr.update())
+        elif isinstance(v, type_of_gr_update):
+            res.append(v)
+        else:
+            try:
+                valtype = type(output.value)
+                if valtype is bool and v == "False":
+                    val = False
+                elif valtype is int:
+                    val = float(v)
+                else:
+                    val = valtype(v)
+                res.append(gr.update(value=val))
+            except Exception:
+                res.append(gr.update())
     return res
 
 

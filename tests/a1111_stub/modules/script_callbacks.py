@@ -87,6 +87,9 @@ def add_callback(callbacks: list, fun, *, name=None, category='unknown', filenam
     callbacks.append(ScriptCallback(filename, fun, unique))
 
 
+# A1111: modules/script_callbacks.py ordered_callbacks / sort_callbacks: registration order unless an extension's
+# metadata orders callbacks or the user prioritizes some in Settings (neither exists here); tests rely on a
+# callback registered after RIVAL's script was loaded running after RIVAL's
 def ordered_callbacks(category: str) -> list[ScriptCallback]:
     return list(callback_map[f"callbacks_{category}"])
 
