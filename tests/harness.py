@@ -70,11 +70,12 @@ def unet_of(model) -> torch.nn.Module:
 
 
 def rival_patches(patcher) -> int:
-    """RIVAL's patches left in a Forge UNet patcher's options (its wrapper, attn1 patches)."""
+    """RIVAL's live patches in a Forge UNet patcher's options (its wrapper, attn1 patches). A patch of a closed
+    pass is inert; it stays only on a clone another extension made of RIVAL's (Forge drops it before sampling)."""
     options = patcher.model_options
     patches = options.get("transformer_options", {}).get("patches", {})
-    left = sum(isinstance(p, Patch) for listed in patches.values() for p in listed)
-    return left + isinstance(options.get("model_function_wrapper"), Patch)
+    found = [p for listed in patches.values() for p in listed] + [options.get("model_function_wrapper")]
+    return sum(isinstance(p, Patch) and not p.function.__self__.closed for p in found)
 
 
 def hook_count(model) -> int:
@@ -84,6 +85,21 @@ def hook_count(model) -> int:
     if FORGE:
         count += rival_patches(model.forge_objects.unet) + rival_patches(model.forge_objects_after_applying_lora.unet)
     return count
+
+
+class FinalLatent(scripts.Script):
+    """Keeps the latent that leaves ``post_sample`` (after RIVAL's, which runs first), i.e. what the WebUI decodes."""
+
+    samples = None
+
+    def title(self):
+        return "final latent"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def post_sample(self, p, ps, *args):
+        self.samples = ps.samples.clone()
 
 
 def callback_count() -> int:

@@ -67,8 +67,7 @@ class FakeForgeModel(torch.nn.Module):
 
     def __init__(self, seed: int = 0, dtype: torch.dtype = torch.float32, family: bool = False):
         super().__init__()
-        unet = fake_model.make_unet(seed, dtype=dtype)
-        unet.__class__ = ForgeUNet
+        unet = ForgeUNet.from_ldm(fake_model.make_unet(seed, dtype=dtype))
         model = ComfyModel(unet, Prediction(), dtype) if family else KModel(unet, Prediction(), dtype)
         unet_patcher = UnetPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
         vae = VAE(FirstStage(0.18215, dtype, family))

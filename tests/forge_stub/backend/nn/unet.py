@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
+from ldm.modules import attention as ldm_attention
 from ldm.modules.attention import SpatialTransformer
 from ldm.modules.diffusionmodules.openaimodel import TimestepBlock, UNetModel
 from ldm.modules.diffusionmodules.util import timestep_embedding
 
 
-def attention(attn, x, context, value):
-    """ldm's CrossAttention with a separate value input (Forge's CrossAttention.forward(x, context, value))."""
-    return attention_projected(attn, attn.to_q(x), attn.to_k(context), attn.to_v(value))
+class CrossAttention(ldm_attention.CrossAttention):
+    """Forge: backend/nn/unet.py CrossAttention.forward(x, context=None, value=None, mask=None, transformer_options={}):
+    keys from ``context``, values from ``value`` (else from ``context``); the tests swap an ldm attn1's class to it."""
+
+    def forward(self, x, context=None, value=None, mask=None, transformer_options={}):  # noqa: B006 (Forge's)
+        context = x if context is None else context
+        value = context if value is None else value
+        return self.to_out(attention_projected(self, self.to_q(x), self.to_k(context), self.to_v(value)))
 
 
 def attention_projected(attn, q, k, v):
@@ -59,9 +65,7 @@ def block_forward(block, x, context, transformer_options):
         q, k, v = block.attn1.to_q(n), block.attn1.to_k(context_attn1), block.attn1.to_v(value_attn1)
         n = block.attn1.to_out(attn1_replace[key](q, k, v, extra_options))
     else:
-        context_attn1 = n if context_attn1 is None else context_attn1
-        value_attn1 = context_attn1 if value_attn1 is None else value_attn1
-        n = block.attn1.to_out(attention(block.attn1, n, context_attn1, value_attn1))
+        n = block.attn1(n, context=context_attn1, value=value_attn1, transformer_options=extra_options)
     for p in patches.get("attn1_output_patch", []):
         n = p(n, extra_options)
     x = x + n
@@ -116,7 +120,16 @@ def apply_control(h, control, name):
 
 
 class ForgeUNet(UNetModel):
-    """The ldm UNet with Forge's forward (the tests swap the class of a built ldm UNet to this one)."""
+    """The ldm UNet with Forge's forward (the tests swap the class of a built ldm UNet to this one, and that of each
+    self-attention to ``CrossAttention``)."""
+
+    @classmethod
+    def from_ldm(cls, unet: UNetModel) -> ForgeUNet:
+        unet.__class__ = cls
+        for module in unet.modules():
+            if isinstance(module, ldm_attention.BasicTransformerBlock):
+                module.attn1.__class__ = CrossAttention
+        return unet
 
     def forward(self, x, timesteps=None, context=None, y=None, control=None,
                 transformer_options={}, **kwargs):  # noqa: B006 (Forge's signature; it writes into the dict)
