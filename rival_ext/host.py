@@ -104,8 +104,8 @@ class Host(Protocol):
 
     model: object  # the host's own model object (the job checks it is still the one loaded)
 
-    def check_supported(self) -> None:
-        """Raise ``UnsupportedModel`` where RIVAL would be wrong on this model."""
+    def check_supported(self, p: object = None) -> None:
+        """Raise ``UnsupportedModel`` where RIVAL would be wrong on this model (or in this request ``p``)."""
 
     @property
     def schedule(self) -> DiscreteSchedule:

@@ -127,7 +127,7 @@ class RivalJob:
             self.note("off in the hires pass")
             return
         try:
-            host.check_supported()
+            host.check_supported(p)
             if not again:
                 self.prepared = self._prepare(p, host, request, x, noise)
             self._install(p, host, request, x, noise)

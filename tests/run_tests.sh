@@ -3,12 +3,17 @@
 # and that venv is left as it was): each leg has a virtual environment of its own, outside the checkout,
 # created on first use and reused while its requirements file and Python stay the same.
 #
-#   bash tests/run_tests.sh [--leg current|users] [pytest args...]
+#   bash tests/run_tests.sh [--leg current|users|forge] [pytest args...]
 #
-#   --leg current  (default) Python 3.11, torch 2.13.0 CPU and today's packages (requirements-test.txt);
-#                  also lints with ruff
-#   --leg users    the runtime of A1111 v1.10.x users: Python 3.10, torch 2.1.2, numpy 1.26, Pillow 9.5
+#   --leg current  (default) Python 3.11, torch 2.13.0 CPU and today's packages, gradio 3.41.2 as reForge and Forge
+#                  Classic (requirements-test.txt); also lints with ruff
+#   --leg users    the runtime of A1111 v1.10.x users: Python 3.10, torch 2.1.2, numpy 1.26, Pillow 9.5, gradio 3.41.2
 #                  (requirements-test-users.txt)
+#   --leg forge    the runtime of Forge and Forge Neo users: Python 3.10, torch 2.3.1, gradio 4.40.0
+#                  (requirements-test-forge.txt)
+#
+# Each leg runs the suite once per stub WebUI (tests/harness.py): A1111, Forge and reForge with gradio 3; the forge
+# leg runs the Forge stub only (the panel's tests there run on gradio 4).
 #
 # Environment: RIVAL_TEST_VENV_DIR (default ~/.cache/sd-webui-rival) holds the venvs;
 # RIVAL_PY311 / RIVAL_PY310 name the interpreter of a leg when it is not on PATH.
@@ -17,7 +22,7 @@ cd "$(dirname "$0")/.."
 
 leg=current
 if [[ "${1:-}" == "--leg" ]]; then
-    leg="${2:?--leg needs a value: current or users}"
+    leg="${2:?--leg needs a value: current, users or forge}"
     shift 2
 elif [[ "${1:-}" == --leg=* ]]; then
     leg="${1#--leg=}"
@@ -35,8 +40,13 @@ case "$leg" in
         req=requirements-test-users.txt
         candidates=("${RIVAL_PY310:-}" python3.10 /root/.pyenv/versions/3.10.13/bin/python)
         ;;
+    forge)
+        want=3.10
+        req=requirements-test-forge.txt
+        candidates=("${RIVAL_PY310:-}" python3.10 /root/.pyenv/versions/3.10.13/bin/python)
+        ;;
     *)
-        echo "run_tests.sh: unknown leg '$leg' (use --leg current or --leg users)" >&2
+        echo "run_tests.sh: unknown leg '$leg' (use --leg current, users or forge)" >&2
         exit 2
         ;;
 esac
@@ -91,4 +101,16 @@ echo "run_tests.sh: leg $leg, $("$vpy" -c 'import sys, torch, numpy; print("Pyth
 if [[ "$leg" == current ]]; then
     "$vpy" -m ruff check .
 fi
-exec "$vpy" -m pytest -q "$@"
+# The suite once per stub WebUI (tests/harness.py): A1111 runs every test, Forge and reForge the host-neutral ones and
+# their own (the rest is deselected there; a -k that selects nothing for one of them is not a failure).
+stubs=(a1111 forge reforge)
+if [[ "$leg" == forge ]]; then stubs=(forge); fi
+status=0
+for stub in "${stubs[@]}"; do
+    echo "run_tests.sh: stub WebUI $stub"
+    rc=0
+    RIVAL_STUB=$stub "$vpy" -m pytest -q "$@" || rc=$?
+    if [[ $rc -eq 5 && $stub != a1111 ]]; then rc=0; fi
+    if [[ $rc -ne 0 ]]; then status=$rc; fi
+done
+exit $status

@@ -292,7 +292,7 @@ def test_a_job_is_invisible_to_another_generation(webui):
 
 
 @pytest.mark.host("a1111")
-@pytest.mark.parametrize("setup", ["sd3", "tensorrt", "controlnet reference", "unclip", "hypertile"])
+@pytest.mark.parametrize("setup", ["sd3", "tensorrt", "block rewrite", "unclip", "hypertile"])
 def test_unsupported_setups_run_without_rival_and_say_why(webui, monkeypatch, setup):
     model, module = webui
     if setup == "sd3":
@@ -301,7 +301,7 @@ def test_unsupported_setups_run_without_rival_and_say_why(webui, monkeypatch, se
         from modules import sd_unet
 
         monkeypatch.setattr(sd_unet, "current_unet", object())
-    elif setup == "controlnet reference":
+    elif setup == "block rewrite":  # another extension's block forward (ControlNet's: test_a1111_controlnet.py)
         block = next(m for m in unet_of(model).modules() if hasattr(m, "attn1"))
         monkeypatch.setattr(block, "_forward", block._forward, raising=False)
     elif setup == "hypertile":  # Hypertile wraps attn1's forward per instance and tiles its input

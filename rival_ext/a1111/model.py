@@ -28,6 +28,7 @@ from ..reference_rows import Reference
 from ..session import RivalSession
 from ..webui.sampling import override_schedule, pass_levels
 from ..webui.text import encode_text
+from .controlnet import BLOCK_FORWARD, active_reference, own_forwards
 
 
 def unet_of(sd_model: object) -> nn.Module:
@@ -40,8 +41,8 @@ def is_sdxl(sd_model: object) -> bool:
     return bool(getattr(sd_model, "is_sdxl", False))
 
 
-def check_supported(sd_model: object) -> None:
-    """Raise UnsupportedModel for model families and setups where RIVAL would be wrong."""
+def check_supported(sd_model: object, p: object = None) -> None:
+    """Raise UnsupportedModel for model families and setups where RIVAL would be wrong (for this request ``p``)."""
     if sd_model is None:
         raise UnsupportedModel("no model is loaded")
     if getattr(sd_model, "is_sd3", False):
@@ -61,11 +62,13 @@ def check_supported(sd_model: object) -> None:
                                    "PyTorch UNet")
     except ImportError:
         pass
+    reference = active_reference(p)
+    if reference is not None:
+        raise UnsupportedModel(f"{reference} rewrites the same self-attention; turn it off to use RIVAL")
     for name, block in unet.named_modules():
-        hijacked = "_forward" in vars(block) or hasattr(block, "_original_inner_forward_cn_hijack")
-        if hasattr(block, "attn1") and hijacked:
-            raise UnsupportedModel(f"another extension (ControlNet reference/StyleAlign?) rewrote {name}; "
-                                   "turn its reference modes off to use RIVAL")
+        rewritten = "_forward" in vars(block) and not hasattr(block, BLOCK_FORWARD[1])  # ControlNet's: own_forwards
+        if hasattr(block, "attn1") and rewritten:
+            raise UnsupportedModel(f"another extension rewrote {name}; turn its attention features off to use RIVAL")
         attn1 = getattr(block, "attn1", None)
         if attn1 is not None and "forward" in vars(attn1):
             raise UnsupportedModel(f"{name}.attn1 is wrapped by another feature (Hypertile?); turn it off "
@@ -224,8 +227,8 @@ class A1111Host:
     def __init__(self, sd_model: object) -> None:
         self.model = sd_model
 
-    def check_supported(self) -> None:
-        check_supported(self.model)
+    def check_supported(self, p: object = None) -> None:
+        check_supported(self.model, p)
 
     @property
     def unet(self) -> nn.Module:
@@ -281,8 +284,11 @@ class A1111Host:
     def full_precision(self) -> AbstractContextManager[UNetEps]:
         return full_precision(self.model, self.schedule)
 
-    def plain_model(self) -> AbstractContextManager[None]:
-        return class_forward(self.unet)
+    @contextmanager
+    def plain_model(self) -> Iterator[None]:
+        """The UNet's class forward and its blocks' own forwards (not ControlNet's idle leftovers)."""
+        with class_forward(self.unet), own_forwards(self.unet):
+            yield
 
     def free_memory(self) -> None:
         devices.torch_gc()
@@ -291,9 +297,33 @@ class A1111Host:
         return decode(self.model, latent)
 
     def align(self, p: object, params: RivalParams, reference: Reference,
-              features: FeatureCache | None) -> RivalSession:
+              features: FeatureCache | None) -> A1111Session:
         """Module hooks on the UNet: attn1 pre-hooks and the UNet's row hooks, until ``close``."""
-        return RivalSession(self.unet, params, reference, self.parameterization, features=features).install()
+        return A1111Session(self.unet, params, reference, self.parameterization, features=features).install()
+
+
+class A1111Session(RivalSession):
+    """``RivalSession`` with the UNet's blocks on their own forwards while it is installed (ControlNet's idle
+    leftovers put aside, put back on removal)."""
+
+    _own_forwards: AbstractContextManager[None] | None = None
+
+    def install(self) -> A1111Session:
+        self._own_forwards = own_forwards(self.unet)
+        self._own_forwards.__enter__()
+        try:
+            return super().install()
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        super().remove()
+        if self._own_forwards is not None:
+            self._own_forwards.__exit__(None, None, None)
+            self._own_forwards = None
+
+    close = remove
 
 
 @torch.no_grad()

@@ -55,7 +55,7 @@ class ForgeHost:
     def predictor(self) -> Any:
         return getattr(self.denoiser, "predictor", None) or self.denoiser.model_sampling
 
-    def check_supported(self) -> None:
+    def check_supported(self, p: object = None) -> None:
         forge_objects = getattr(self.model, "forge_objects", None)
         if forge_objects is None or getattr(forge_objects, "unet", None) is None:
             raise UnsupportedModel("no UNet is loaded")

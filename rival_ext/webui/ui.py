@@ -1,9 +1,11 @@
-"""The RIVAL panel (gradio 3.41, A1111 1.10), its presets, infotext pasting and XYZ axes.
+"""The RIVAL panel, its presets, infotext pasting and XYZ axes, on gradio 3.41 (A1111, reForge, Forge Classic)
+and gradio 4.40 (Forge, Forge Neo) alike.
 
-Only components that exist in gradio 3 and 4 alike are used (Image, Slider, Radio, Dropdown,
-Checkbox, Textbox, Accordion) so that Forge's gradio 4 remains reachable. The order of the
-returned components is ``fields.FIELDS``: it only ever grows at the end. Labels, values, choices
-and grey info lines come from the field table; only the layout is here.
+Only components and events both gradio versions have are used (Image, Slider, Radio, Dropdown, Checkbox,
+Textbox, Accordion, ``.input``/``.change``/``.click``); the one spelling that differs, a browser-side function's
+keyword (``_js`` in 3, ``js`` in 4), is ``JS``, so nothing relies on Forge's compatibility shim. The order of the
+returned components is ``fields.FIELDS``: it only ever grows at the end. Labels, values, choices and grey info
+lines come from the field table; only the layout is here.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ SAMPLING_CONTROLS = {"steps": "steps", "cfg_scale": "cfg_scale", "sampling": "sa
 # The controls whose value a preset fixes: moving one by hand makes the panel's preset "Custom".
 PRESET_EDITS = (*PRESET_OUTPUTS, "switch_rule", "adain", "custom_prompt")
 IMG2IMG_ONLY = ("inpainting",)  # presets that need img2img's inpaint tab
+JS = "js" if int(gr.__version__.split(".")[0]) >= 4 else "_js"  # the keyword of an event's browser-side function
 
 
 def preset_after_edit(title: str, *values: object) -> object:
@@ -147,12 +150,14 @@ def connect_gallery(script: object, gallery: object) -> None:
     """Wire "Use the selected result" to the tab's gallery once A1111 has created it."""
     button, index, image = getattr(script, "rival_result_button", (None, None, None))
     if button is not None:
-        button.click(selected_image, _js="rivalSelectedResult", inputs=[index, gallery], outputs=[image])
+        button.click(selected_image, inputs=[index, gallery], outputs=[image], **{JS: "rivalSelectedResult"})
 
 
 def selected_image(index: float, gallery: list | None) -> object:
-    """The gallery item at ``index`` as a PIL image (gradio 3 gives paths, dicts or data URLs).
+    """The gallery item at ``index`` as a PIL image.
 
+    gradio 3 gives each item as a path, a ``{"name": path}`` or ``{"data": data URL}`` dict or a data URL; gradio 4
+    as an ``(image, caption)`` pair whose image is a PIL image, an array or a path, or a ``{"path": ...}`` file dict.
     A1111's gallery paths end in a ``?<mtime>`` cache-buster, which is not part of the file name.
     """
     from PIL import Image
@@ -166,7 +171,8 @@ def selected_image(index: float, gallery: list | None) -> object:
     if isinstance(item, (list, tuple)):
         item = item[0]
     if isinstance(item, dict):
-        item = item.get("name") or item.get("data")
+        item = item.get("image", item)
+        item = (item.get("path") or item.get("name") or item.get("data")) if isinstance(item, dict) else item
     if isinstance(item, str) and not item.startswith("data:"):
         path = item if os.path.exists(item) else item.rsplit("?", 1)[0]
         return Image.open(path).convert("RGB")
