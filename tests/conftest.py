@@ -118,16 +118,25 @@ def webui():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "host(*names): runs only under these stub WebUIs (RIVAL_STUB)")
+    config.addinivalue_line("markers", "ui: builds the panel with gradio: runs under the stub WebUI of the installed "
+                                       "gradio (3: A1111's, 4: Forge's)")
+
+
+def ui_host() -> str:
+    """The stub WebUI that runs gradio as installed: A1111 (and reForge, Forge Classic) 3.41, Forge 4.40."""
+    from importlib.metadata import version
+
+    return "forge" if int(version("gradio").split(".")[0]) >= 4 else "a1111"
 
 
 def pytest_collection_modifyitems(config, items):
     """Under another stub than A1111 (``RIVAL_STUB``), only the tests written for it run; the rest are deselected
-    (they ran in the A1111 run of the same suite)."""
+    (they ran in the A1111 run of the same suite). The panel's tests run under the stub of the installed gradio."""
     stub = os.environ.get("RIVAL_STUB", "a1111")
     keep, drop = [], []
     for item in items:
         marker = item.get_closest_marker("host")
-        hosts = marker.args if marker else ("a1111",)
+        hosts = (ui_host(),) if item.get_closest_marker("ui") else marker.args if marker else ("a1111",)
         (keep if stub in hosts else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)

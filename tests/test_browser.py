@@ -1,9 +1,11 @@
-"""The panel in a real browser: the extension's ui.build served by gradio 3.41.2, driven by headless Chromium.
+"""The panel in a real browser: the extension's ui.build served by gradio, driven by headless Chromium.
 
 The page is a small gradio app: the RIVAL panel of txt2img and img2img (built by scripts/rival.py's RivalScript
-over the A1111 stub), a txt2img gallery wired by the script's after_component, and the extension's javascript/
-files loaded the way A1111 loads them, with a stand-in of the few A1111 page helpers they use (``gradioApp``,
-``onUiLoaded``, the ``titles`` map and a tooltip routine that does what A1111's hints.js does).
+over the stub WebUI of the installed gradio: A1111's with 3.41.2, Forge's with 4.40), a txt2img gallery wired by
+the script's after_component (as A1111 makes it: items served as ``<path>?<mtime>``; as Forge makes it: PIL
+images), and the extension's javascript/ files loaded the way the WebUI loads them, with a stand-in of the few
+page helpers they use (``gradioApp``, ``onUiLoaded``, the ``titles`` map and a tooltip routine that does what
+hints.js does).
 
 Chromium and chromedriver come from the system (Debian: ``apt-get install chromium chromium-driver``; .ci/run
 installs them). Without them these tests fail when CI=true and are skipped otherwise.
@@ -26,6 +28,7 @@ from PIL import Image
 
 from rival_ext.params import PRESETS
 from rival_ext.webui.fields import EXTRA_TITLES, FIELD, FIELDS, PRESET_OUTPUTS, REFERENCE_KEY, panel_value, titles
+from rival_ext.webui.ui import GRADIO_4, JS
 
 CHROMIUM = os.environ.get("RIVAL_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("RIVAL_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -35,6 +38,8 @@ CHROMIUM_FLAGS = (
 )
 JAVASCRIPT = sorted((harness.ROOT / "javascript").glob("*.js"))  # A1111 loads an extension's in name order
 WAIT = 20.0  # seconds for the page to show what an event produced
+
+pytestmark = pytest.mark.ui
 
 
 def _in_ci() -> bool:
@@ -95,7 +100,8 @@ def _free_port() -> int:
 
 
 def _loader() -> str:
-    """demo.load's _js: A1111's page helpers (a stand-in), then the extension's scripts, then the tooltips."""
+    """demo.load's browser-side function: the WebUI's page helpers (a stand-in), then the extension's scripts, then
+    the tooltips."""
     sources = [path.read_text(encoding="utf-8") for path in JAVASCRIPT]
     return """() => {
         const uiLoaded = [];
@@ -161,7 +167,7 @@ def app(browser, tmp_path_factory):
                     components = dict(zip(FIELDS, script.ui(script.is_img2img)))
                     if tab == "txt2img":
                         panel = components
-                        gallery = gr.Gallery(elem_id="txt2img_gallery")
+                        gallery = gr.Gallery(elem_id="txt2img_gallery", **({"type": "pil"} if GRADIO_4 else {}))
                         script.after_component(gallery, elem_id="txt2img_gallery")
                         fill = gr.Button("fill gallery", elem_id="test_fill_gallery", visible=False)
                         paste = gr.Button("paste", elem_id="test_paste", visible=False)
@@ -173,7 +179,8 @@ def app(browser, tmp_path_factory):
             img.save(path)
             return f"{path}?{os.path.getmtime(path)}"
 
-        gallery.pil_to_temp_file = pil_to_temp_file
+        if not GRADIO_4:
+            gallery.pil_to_temp_file = pil_to_temp_file
         fill.click(lambda: list(url_app.gallery_images), outputs=[gallery])
 
         # A1111's paste: a button's event outputs the infotext's values to the components (its .change handlers
@@ -194,7 +201,7 @@ def app(browser, tmp_path_factory):
 
         paste.click(paste_values, outputs=[component for component, _ in pairs])
         assert {component for component, _ in pairs} <= set(panel.values())
-        demo.load(None, None, None, _js=_loader())
+        demo.load(None, None, None, **{JS: _loader()})
 
     demo.queue()
     port = _free_port()
@@ -316,8 +323,10 @@ def test_a_pasted_infotext_keeps_every_pasted_value(page, app, infotext):
     assert app.infotext[REFERENCE_KEY] == "0123456789" and app.infotext["RIVAL"] in ("custom", "editing")
     _open_panel(page, app)
     page.execute_script("document.getElementById('test_paste').click()")
+    # gradio 4 runs the controls' input handlers on a paste too: values off their preset then show Custom
+    edited_preset = "Custom" if GRADIO_4 else "Editing"
     expected = {
-        "preset": "Custom" if app.infotext["RIVAL"] == "custom" else "Editing",
+        "preset": "Custom" if app.infotext["RIVAL"] == "custom" else edited_preset,
         "t_align": 450, "t_early": 350, "early_plain": 980,
         "reference_prompt": "same as the prompt", "init_latent": "seed noise", "switch_rule": "paper (t <= t_align)",
         "adain": False, "apply_to_hires": True, "show_reconstruction": False,
@@ -346,12 +355,22 @@ def test_moving_a_slider_by_hand_makes_the_preset_custom(page, app, how):
     assert _shown(page, app)["t_early"] == moved
 
 
+def _fetched(url: str) -> Image.Image:
+    """An image the test server serves (on 127.0.0.1)."""
+    from urllib.request import urlopen
+
+    with urlopen(url, timeout=10) as response:
+        return Image.open(io.BytesIO(response.read())).convert("RGB")
+
+
 def _reference_shown(driver, app: App) -> Image.Image | None:
     src = driver.execute_script(
         "const img = document.querySelector(`#${arguments[0]} img`); return img ? img.src : null;",
         app.id("reference_image"))
     if not src:
         return None
+    if src.startswith("http"):  # gradio 4 serves the image from its cache
+        return _fetched(src)
     assert src.startswith("data:image/"), src[:80]
     return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB")
 
@@ -362,12 +381,16 @@ def test_use_the_selected_result_takes_the_gallery_image(page, app):
     thumbnail = _wait(page, lambda: page.execute_script(
         "const img = document.querySelector('#txt2img_gallery img'); return img ? img.getAttribute('src') : null;"),
         "the gallery to show the image")
-    assert "?" in thumbnail.rsplit("/", 1)[-1], f"the gallery item has no ?<mtime>: {thumbnail}"
+    if GRADIO_4:  # Forge's gallery (type "pil") holds its images as gradio 4 caches them: WebP
+        held = _fetched(thumbnail)
+    else:
+        assert "?" in thumbnail.rsplit("/", 1)[-1], f"the gallery item has no ?<mtime>: {thumbnail}"
+        held = app.image
     _open_panel(page, app)
     assert _reference_shown(page, app) is None
     page.find_element("id", app.id("use_result")).click()
     shown = _wait(page, lambda: _reference_shown(page, app), "the reference box to show an image")
-    assert np.array_equal(np.asarray(shown), np.asarray(app.image))
+    assert np.array_equal(np.asarray(shown), np.asarray(held))  # no second loss on the way to the reference
 
 
 def test_use_the_selected_result_with_an_empty_gallery_warns(page, app):

@@ -216,6 +216,7 @@ def test_bad_api_input_stops_with_a_named_422_error(webui, values, message):
     assert hook_count(model) == 0
 
 
+@pytest.mark.ui
 def test_infotext_is_pasted_back_into_the_panel(webui):
     _, module = webui
     import gradio as gr
@@ -241,6 +242,7 @@ def test_infotext_is_pasted_back_into_the_panel(webui):
     assert "RIVAL: editing" in result.info
 
 
+@pytest.mark.ui
 def test_the_panel_builds_for_the_api_defaults(webui):
     _, module = webui
     runner = scripts.ScriptRunner([module.RivalScript()])
@@ -365,6 +367,7 @@ def test_feature_cache_setting_replays_the_reference_exactly(webui, monkeypatch)
     assert hook_count(model) == 0
 
 
+@pytest.mark.ui
 def test_settings_are_registered(webui):
     from rival_ext.webui import settings
 
@@ -373,6 +376,7 @@ def test_settings_are_registered(webui):
         assert key in shared.opts.data_labels
 
 
+@pytest.mark.ui
 def test_use_the_selected_result_reads_every_gallery_form(tmp_path):
     import gradio as gr
 

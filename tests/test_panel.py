@@ -12,6 +12,8 @@ from rival_ext.image import pixel_hash
 from rival_ext.webui.fields import FIELD, FIELDS
 from rival_ext.webui.ui import PRESET_EDITS, custom_prompt_visibility, preset_after_edit
 
+pytestmark = pytest.mark.ui
+
 
 def _panel(module, is_img2img: bool = False):
     script = module.RivalScript()
@@ -21,9 +23,25 @@ def _panel(module, is_img2img: bool = False):
     return components, demo
 
 
+def _handlers(demo) -> list[tuple[int, str, list[int]]]:
+    """(component id, event, output ids) of every event handler of the page: gradio 3.41's config lists the targets'
+    ids and one trigger, gradio 4's (id, event) pairs."""
+    out = []
+    for d in demo.get_config_file()["dependencies"]:
+        for target in d["targets"]:
+            component, event = target if isinstance(target, (list, tuple)) else (target, d["trigger"])
+            out.append((component, event, d["outputs"]))
+    return out
+
+
 def _triggers(demo, component) -> set[str]:
-    """The events that run a handler of ``component`` (gradio 3.41's config: targets + trigger)."""
-    return {d["trigger"] for d in demo.get_config_file()["dependencies"] if component._id in d["targets"]}
+    """The events that run a handler of ``component``."""
+    return {event for target, event, _ in _handlers(demo) if target == component._id}
+
+
+def _labels(dropdown) -> list[str]:
+    """A dropdown's choices as the user reads them (gradio 4 keeps (label, value) pairs)."""
+    return [c[0] if isinstance(c, (list, tuple)) else c for c in dropdown.choices]
 
 
 def test_a_pasted_infotext_is_not_overwritten_by_the_preset(webui):
@@ -71,7 +89,7 @@ def test_txt2img_does_not_offer_the_inpainting_preset(webui):
     _, module = webui
     txt, _ = _panel(module, is_img2img=False)
     img, _ = _panel(module, is_img2img=True)
-    assert "Inpainting" not in txt["preset"].choices and "Inpainting" in img["preset"].choices
+    assert "Inpainting" not in _labels(txt["preset"]) and "Inpainting" in _labels(img["preset"])
 
 
 @pytest.mark.parametrize("stored", ["Prompt-guided (style transfer)", "prompt_guided"])
@@ -129,8 +147,8 @@ def test_the_official_settings_button_sets_the_tabs_controls(webui):
             script.after_component(control, elem_id=f"txt2img_{name}")
         script.ui(False)
     button = script.rival_official_button[0]
-    clicks = [d for d in demo.get_config_file()["dependencies"] if button._id in d["targets"]]
-    assert len(clicks) == 1 and clicks[0]["outputs"] == [c._id for c in controls.values()]
+    clicks = [outputs for target, _, outputs in _handlers(demo) if target == button._id]
+    assert clicks == [[c._id for c in controls.values()]]
     assert official_values("Variation") == [50, 5.0, "DDIM", "Automatic"]
     assert official_values("Editing") == [50, 7.0, "DDIM", "Automatic"]
 

@@ -3,7 +3,8 @@ and gradio 4.40 (Forge, Forge Neo) alike.
 
 Only components and events both gradio versions have are used (Image, Slider, Radio, Dropdown, Checkbox,
 Textbox, Accordion, ``.input``/``.change``/``.click``); the one spelling that differs, a browser-side function's
-keyword (``_js`` in 3, ``js`` in 4), is ``JS``, so nothing relies on Forge's compatibility shim. The order of the
+keyword (``_js`` in 3, ``js`` in 4), is ``JS``, so nothing relies on Forge's compatibility shim; gradio 4's
+reference image travels as PNG (``LOSSLESS``), not its default lossy WebP. The order of the
 returned components is ``fields.FIELDS``: it only ever grows at the end. Labels, values, choices and grey info
 lines come from the field table; only the layout is here.
 """
@@ -24,7 +25,9 @@ SAMPLING_CONTROLS = {"steps": "steps", "cfg_scale": "cfg_scale", "sampling": "sa
 # The controls whose value a preset fixes: moving one by hand makes the panel's preset "Custom".
 PRESET_EDITS = (*PRESET_OUTPUTS, "switch_rule", "adain", "custom_prompt")
 IMG2IMG_ONLY = ("inpainting",)  # presets that need img2img's inpaint tab
-JS = "js" if int(gr.__version__.split(".")[0]) >= 4 else "_js"  # the keyword of an event's browser-side function
+GRADIO_4 = int(gr.__version__.split(".")[0]) >= 4
+JS = "js" if GRADIO_4 else "_js"  # the keyword of an event's browser-side function
+LOSSLESS = {"format": "png"} if GRADIO_4 else {}  # gradio 4 hands an image back and forth as WebP (lossy) otherwise
 
 
 def preset_after_edit(title: str, *values: object) -> object:
@@ -78,7 +81,7 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
     elem = script.elem_id
     with InputAccordion(values["enabled"], label=FIELD["enabled"].label, elem_id=elem("rival")) as enabled:
         with gr.Row():
-            reference_image = gr.Image(type="pil", **_props("reference_image", values, elem))
+            reference_image = gr.Image(type="pil", **LOSSLESS, **_props("reference_image", values, elem))
             with gr.Column():
                 use_result = gr.Button("Use the selected result", elem_id=elem("use_result"))
                 use_official = gr.Button("Use the official CFG, steps and sampler", elem_id=elem("use_official"))
