@@ -6,12 +6,18 @@ of its source row (reference-only) or [source, own] (concat). Because to_k/to_v 
 this is exactly key/value injection, and whichever attention implementation A1111 swaps in
 (and LoRA or hypernetworks on to_k/to_v) applies unchanged. Reference rows are their own source:
 [K; K] attention equals K attention, so their outputs equal a plain UNet's.
+
+A *blended* plan (an attention strength other than 1, several weighted references, a mask) leaves the
+context alone and, after the layer, moves each generated row's plain output by
+``sum_k strength * weight_k * (attention with reference k - plain)`` (``blended_output``), times the mask
+where RIVAL acts; a reference mask keeps only its part of that reference's tokens. Layers outside the
+plan's ``layers`` run plain.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -19,9 +25,20 @@ import torch
 from torch import Tensor, nn
 
 from .hooks import HookHandles
+from .masks import at_tokens, kept_tokens
 from .params import AttentionMode
 
 CONTEXT_NAMES = ("context", "encoder_hidden_states")
+
+
+@dataclass(frozen=True)
+class Term:
+    """One reference in a blended plan: each generated row's source row in the pool, its weight (attention
+    strength times the reference's weight), and the reference mask (latent grid) that keeps part of its tokens."""
+
+    sources: Tensor  # (generated rows,) long
+    weight: float
+    kept: Tensor | None = None  # (H, W) float, None: every token
 
 
 @dataclass(frozen=True)
@@ -31,6 +48,8 @@ class AttentionPlan:
     ``sources`` index the pool [banked rows, call rows]: with ``banked`` (per layer, reference
     features from a cache) the reference rows need not be in the call at all. With ``record``,
     each layer stores the inputs of the call's first ``record_rows`` rows (the reference rows).
+    ``layers``: the layer indices that follow the plan (None: all). With ``terms`` the plan is blended:
+    the call's rows from ``generated`` on get ``blended_output``, weighted by ``where`` (latent grid).
     """
 
     mode: AttentionMode
@@ -38,6 +57,14 @@ class AttentionPlan:
     banked: Sequence[Tensor] | None = None
     record: list[Tensor | None] | None = None
     record_rows: int = 0
+    layers: frozenset[int] | None = None
+    terms: tuple[Term, ...] = ()
+    generated: int = 0
+    where: Tensor | None = None
+
+    def acts_on(self, layer: int) -> bool:
+        """Whether the layer attends otherwise than plainly under this plan."""
+        return self.mode is not AttentionMode.PLAIN and (self.layers is None or layer in self.layers)
 
 
 @dataclass(frozen=True)
@@ -99,6 +126,11 @@ class SelfAttentionInjector:
         self._handles = HookHandles("attention")
 
     @property
+    def keys(self) -> list[tuple[str, int, int]]:
+        """Each layer's place (``block_key``), in the layers' order."""
+        return [block_key(layer.name) for layer in self.layers]
+
+    @property
     def installed(self) -> bool:
         """Whether the pre-hooks are on the layers now."""
         return bool(self._handles)
@@ -109,6 +141,8 @@ class SelfAttentionInjector:
             for index, layer in enumerate(self.layers):
                 hook = _context_hook(self, layer, index)
                 self._handles.add(layer.module.register_forward_pre_hook(hook, with_kwargs=True))
+                blend = _blend_hook(self, layer, index)
+                self._handles.add(layer.module.register_forward_hook(blend, with_kwargs=True))
         except BaseException:
             self.remove()
             raise
@@ -133,12 +167,45 @@ class SelfAttentionInjector:
 
 
 def planned_context(own: Tensor, plan: AttentionPlan, layer: int, record: bool = True) -> Tensor | None:
-    """The context a layer's plan gives its rows (None: their own, unchanged); records the reference rows."""
+    """The context a layer's plan gives its rows (None: their own, unchanged: a plain or blended layer);
+    records the reference rows."""
     if record and plan.record is not None:
         plan.record[layer] = own[: plan.record_rows].detach()
-    if plan.mode is AttentionMode.PLAIN:
+    if plan.terms or not plan.acts_on(layer):
         return None
     return injected_context(own, plan, layer)
+
+
+Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # (hidden, context, value) -> the layer's attention output
+
+
+def blended_output(out: Tensor, hidden: Tensor, own: Tensor, own_value: Tensor, plan: AttentionPlan, layer: int,
+                   attend: Attend) -> Tensor:
+    """A blended plan's output of one layer: ``out`` (every row's plain attention) with each generated row moved
+    by ``sum_k weight_k * (attention with reference k - plain)``, times the mask where RIVAL acts."""
+    if not plan.terms or not plan.acts_on(layer):
+        return out
+    g = plan.generated
+    x, plain, mine, mine_v = hidden[g:], out[g:], own[g:], own_value[g:]
+    pool, pool_v = own, own_value
+    if plan.banked is not None:
+        pool = torch.cat([plan.banked[layer].to(own), own])
+        pool_v = torch.cat([plan.banked[layer].to(own_value), own_value])  # a reference row's value is its context
+    total = torch.zeros_like(plain)
+    for term in plan.terms:
+        sources = term.sources.to(own.device)
+        ref, ref_v = pool[sources], pool_v[sources]
+        if term.kept is not None:
+            tokens = kept_tokens(term.kept, ref.shape[1]).to(own.device)
+            ref, ref_v = ref[:, tokens], ref_v[:, tokens]
+        if plan.mode is AttentionMode.CONCAT:
+            ref, ref_v = torch.cat([ref, mine], dim=1), torch.cat([ref_v, mine_v], dim=1)
+        total = total + term.weight * (attend(x, ref, ref_v) - plain)
+    if plan.where is not None:
+        total = total * at_tokens(plan.where, x.shape[1]).to(total)[None, :, None]
+    blended = out.clone()
+    blended[g:] = plain + total
+    return blended
 
 
 def injected_context(own: Tensor, plan: AttentionPlan, layer: int = 0) -> Tensor:
@@ -173,5 +240,26 @@ def _context_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer, in
         if positional:
             return (*args[:position], context, *args[position + 1 :]), kwargs
         return args, {**kwargs, layer.context_name: context}
+
+    return hook
+
+
+def _blend_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer, index: int):
+    """After a layer of a blended plan: its plain output moved towards each reference (``blended_output``); the
+    extra attentions run through the layer's own forward (no hooks)."""
+    position = layer.context_position
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> Tensor | None:
+        plan = injector.plan
+        if plan is None or not plan.terms or not plan.acts_on(index):
+            return None
+        hidden = args[0] if args else kwargs["x" if "x" in kwargs else "hidden_states"]
+        own = args[position] if len(args) > position else kwargs.get(layer.context_name)
+        own = hidden if own is None else own
+
+        def attend(x: Tensor, context: Tensor, _value: Tensor) -> Tensor:
+            return module.forward(x, **{layer.context_name: context})
+
+        return blended_output(output, hidden, own, own, plan, index, attend)
 
     return hook

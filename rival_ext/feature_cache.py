@@ -11,6 +11,7 @@ features are copied ahead while the current one runs.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,20 +74,22 @@ class FeatureCache:
         item = self._items.get((*key, role))
         return None if item is None else item.eps
 
-    def banked(self, key: tuple, roles: tuple[Role, ...], device: torch.device) -> list[Tensor]:
-        """Per layer, the features of ``roles`` stacked as rows, on ``device``; prefetches the next key."""
-        per_role = [self._prefetched.pop((*key, r), None) or self._items[(*key, r)].features for r in roles]
-        layers = [torch.cat([feats[i].to(device, non_blocking=True) for feats in per_role])
-                  for i in range(len(per_role[0]))]
-        self._prefetch_after(key, roles, device)
+    def banked(self, parts: Sequence[tuple[tuple, tuple[Role, ...]]], device: torch.device) -> list[Tensor]:
+        """Per layer, the features of each part's rows (its key, its roles) stacked as rows, on ``device``;
+        prefetches the rows stored after them."""
+        items = [(*key, role) for key, roles in parts for role in roles]
+        per_row = [self._prefetched.pop(item, None) or self._items[item].features for item in items]
+        layers = [torch.cat([feats[i].to(device, non_blocking=True) for feats in per_row])
+                  for i in range(len(per_row[0]))]
+        self._prefetch_after(items[-1], len(items), device)
         return layers
 
-    def _prefetch_after(self, key: tuple, roles: tuple[Role, ...], device: torch.device) -> None:
+    def _prefetch_after(self, last: tuple, count: int, device: torch.device) -> None:
         if device.type != "cuda":
             return
         keys = list(self._items)
-        index = keys.index((*key, roles[-1]))
-        for later in keys[index + 1 : index + 1 + len(roles)]:
+        index = keys.index(last)
+        for later in keys[index + 1 : index + 1 + count]:
             item = self._items[later]
             if item.features is not None and later not in self._prefetched:
                 self._prefetched[later] = [f.to(device, non_blocking=True) for f in item.features]

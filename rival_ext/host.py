@@ -56,6 +56,18 @@ class PassRequest:
     masked: bool = False  # img2img's inpaint tab has a mask
 
 
+@dataclass(frozen=True)
+class AlignmentSpec:
+    """What a pass aligns to: the parameters, the references (the first is the main one), the feature cache,
+    the latent-grid mask of where RIVAL acts and the self-attention layers it acts on (None: all)."""
+
+    params: RivalParams
+    references: tuple[Reference, ...]
+    features: FeatureCache | None = None
+    where: Tensor | None = None
+    selected: frozenset[int] | None = None
+
+
 class Alignment(Protocol):
     """What a pass installs: evaluations opened by ``begin`` and closed by ``after_guidance``."""
 
@@ -158,7 +170,11 @@ class Host(Protocol):
     def decode(self, latent: Tensor) -> Image.Image:
         """A latent as an image (the reconstruction preview)."""
 
-    def align(self, p: object, params: RivalParams, reference: Reference, features: FeatureCache | None) -> Alignment:
+    @property
+    def layer_keys(self) -> list[tuple[str, int, int]]:
+        """Each self-attention layer's place (``attention.block_key``), in the order RIVAL indexes them."""
+
+    def align(self, p: object, spec: AlignmentSpec) -> Alignment:
         """Install RIVAL's mechanism on the model for the pass about to sample."""
 
     def override_schedule(self, p: object, sigmas: Tensor) -> Callable[[], None]:

@@ -23,13 +23,25 @@ from .chain_cache import ChainCache
 from .conditioning import Conditioning, Role
 from .eps_models import KDenoiser
 from .feature_cache import FeatureCache
-from .host import Alignment, Host, InversionInterrupted, PassLevels, PassRequest, Progress, Settings, UnsupportedModel
+from .host import (
+    Alignment,
+    AlignmentSpec,
+    Host,
+    InversionInterrupted,
+    PassLevels,
+    PassRequest,
+    Progress,
+    Settings,
+    UnsupportedModel,
+)
 from .image import prepare_reference
 from .inversion import cached_chain, chain_key, inversion_sigmas
 from .latent_init import force_keep, initial_latents, inpaint_initial_latent
+from .layers import selected_layers
+from .masks import latent_mask
 from .noise import abar_of_sigma, ve_noise_for, ve_std, ve_to_vp, vp_noise_for
 from .reference_rows import Reference
-from .request import RivalInputError, RivalRequest, RivalRuntimeError
+from .request import ExtraReference, RivalInputError, RivalRequest, RivalRuntimeError
 
 CHAINS = ChainCache()
 FEATURES: dict[tuple, FeatureCache] = {}  # for the last chain only: features are large
@@ -56,8 +68,10 @@ class PreparedPass:
     noise: Tensor
     host: Host
     levels: PassLevels
-    chain: InversionChain
-    reference: Reference
+    chain: InversionChain  # the main reference's
+    references: tuple[Reference, ...]
+    where: Tensor | None  # where RIVAL acts (latent grid)
+    selected: frozenset[int] | None  # the self-attention layers it acts on
     chain_key: tuple
     keep_chain: InversionChain | None  # inpainting: the chain of the image being inpainted
     regenerate: Tensor | None  # inpainting: the latent-grid region to regenerate
@@ -158,6 +172,10 @@ class RivalJob:
             pixels = prepare_reference(self.reference_image(request), width, height)
         except ValueError as error:
             raise RivalInputError(str(error)) from None
+        try:
+            selected = selected_layers(self.params.layers, host.layer_keys, host.is_sdxl)
+        except ValueError as error:
+            raise RivalInputError(str(error)) from None
         text = self.params.reference_text(request.prompt)
         cond = host.encode_text(text, negative=False, width=width, height=height)
         uncond = cond if text == "" and not host.is_sdxl else host.encode_text(
@@ -167,12 +185,28 @@ class RivalJob:
         chain = self.chain_of(host, reference_key, lambda: host.encode_reference(pixels), cond, sigmas, "reference")
         if self.request.show_reconstruction:
             self.reconstructions.append(self.reconstruction(host, chain, cond))
+        main = Reference(chain, cond, uncond, self.params.reference_weight,
+                         latent_mask(self.request.reference_mask, width, height))
+        extras = tuple(self.extra_reference(host, extra, i, cond, text, sigmas, width, height)
+                       for i, extra in enumerate(self.request.more_references) if extra.weight != 0.0)
         regenerate = self.inpaint_region(request, tuple(x.shape[-2:]))
         keep_chain = None if regenerate is None else self.inpainted_chain(host, request, chain, cond, text, sigmas)
         start = self.start_latents(request, levels, chain, keep_chain, regenerate, len(request.seeds))
         start_noise = None if start is None else self.start_noise(start, levels, x)
-        return PreparedPass(x, noise, host, levels, chain, Reference(chain, cond, uncond), reference_key, keep_chain,
+        where = latent_mask(self.request.mask, width, height)
+        return PreparedPass(x, noise, host, levels, chain, (main, *extras), where, selected, reference_key, keep_chain,
                             regenerate, start_noise)
+
+    def extra_reference(self, host: Host, extra: ExtraReference, index: int, cond: Conditioning, text: str,
+                        sigmas: Tensor, width: int, height: int) -> Reference:
+        """A further reference: its own chain (cached), one row serving both roles (its reference-cond text)."""
+        try:
+            pixels = prepare_reference(extra.image, width, height)
+        except ValueError as error:
+            raise RivalInputError(f"more_references[{index}]: {error}") from None
+        key = chain_key(host, pixels, sigmas, text, self.settings.inversion_precision)
+        chain = self.chain_of(host, key, lambda: host.encode_reference(pixels), cond, sigmas, f"reference {index + 2}")
+        return Reference(chain, cond, cond, extra.weight, latent_mask(extra.mask, width, height))
 
     def _install(self, p: object, host: Host, request: PassRequest, x: Tensor, noise: Tensor) -> None:
         prepared = self.prepared
@@ -182,8 +216,10 @@ class RivalJob:
             if self.settings.img2img_extra_noise and not prepared.levels.txt2img:
                 self.note("img2img extra noise is added on top of the RIVAL start")
             host.set_start_noise(p, x, noise, prepared.start_noise.to(x.device), prepared.levels.txt2img)
-        features = feature_cache(prepared.chain_key, self.settings, host.on_gpu)
-        self.alignment = host.align(p, self.params, prepared.reference, features)
+        single = len(prepared.references) == 1
+        features = feature_cache(prepared.chain_key, self.settings, host.on_gpu) if single else None
+        self.alignment = host.align(p, AlignmentSpec(self.params, prepared.references, features, prepared.where,
+                                                     prepared.selected))
 
     def reference_image(self, request: PassRequest) -> Image.Image:
         """The upload, or img2img's init image as the WebUI encodes it when asked."""

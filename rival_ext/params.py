@@ -14,6 +14,8 @@ from enum import Enum
 
 import numpy as np
 
+from .layers import layer_choice
+
 
 class ReferencePrompt(str, Enum):
     """Text of the reference branch: used for the inversion and for the reference-cond row."""
@@ -47,6 +49,8 @@ class AttentionMode(str, Enum):
 
 
 TIMESTEP_MAX = 1000.0
+STRENGTH_RANGE = (-1.0, 1.0)  # attention strength and reference weights: below 0 away from the reference
+ADAIN_STRENGTH_RANGE = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -61,10 +65,18 @@ class RivalParams:
     init_latent: InitLatent = InitLatent.SHUFFLED
     switch_rule: SwitchRule = SwitchRule.OFFICIAL
     adain: bool = True
+    attention_strength: float = 1.0  # 0: own attention, 1: RIVAL's injected attention, below 0: away from it
+    adain_strength: float = 1.0  # 0: no normalization, 1: the official AdaIN
+    reference_weight: float = 1.0  # the first reference's weight among several (-1 .. 1; 0: absent)
+    layers: str = "all"  # all | style | layout | comma-separated self-attention block names (rival_ext.layers)
 
     def __post_init__(self) -> None:
         for name in ("t_align", "t_early", "early_plain"):
             object.__setattr__(self, name, timestep_value(name, getattr(self, name)))
+        for name, bounds in (("attention_strength", STRENGTH_RANGE), ("adain_strength", ADAIN_STRENGTH_RANGE),
+                             ("reference_weight", STRENGTH_RANGE)):
+            object.__setattr__(self, name, number_in(name, getattr(self, name), bounds))
+        object.__setattr__(self, "layers", layer_choice(self.layers))
         for name, enum in (
             ("reference_prompt", ReferencePrompt),
             ("init_latent", InitLatent),
@@ -77,7 +89,10 @@ class RivalParams:
             raise ValueError(f"custom_prompt must be a string, got {type(self.custom_prompt).__name__}")
 
     def attention_mode(self, t: float) -> AttentionMode:
-        """Self-attention mode at timestep ``t`` (decided by the evaluation's t, never a counter)."""
+        """Self-attention mode at timestep ``t`` (decided by the evaluation's t, never a counter); plain at any t
+        with attention strength 0 (RIVAL's attention injection off)."""
+        if self.attention_strength == 0.0:
+            return AttentionMode.PLAIN
         u = _snap(t) - (1.0 if self.switch_rule is SwitchRule.OFFICIAL else 0.0)
         if u > self.early_plain:
             return AttentionMode.PLAIN
@@ -86,8 +101,8 @@ class RivalParams:
         return AttentionMode.CONCAT
 
     def adain_active(self, t: float) -> bool:
-        """Step-wise normalization runs while t > t_early (strict, as the official code)."""
-        return self.adain and _snap(t) > self.t_early
+        """Step-wise normalization runs while t > t_early (strict, as the official code), at a strength above 0."""
+        return self.adain and self.adain_strength > 0.0 and _snap(t) > self.t_early
 
     def reference_text(self, prompt: str) -> str:
         """Text of the reference-cond row and of the inversion for a given generation prompt."""
@@ -108,13 +123,24 @@ class RivalParams:
 
 def timestep_value(name: str, value: object) -> float:
     """A threshold as a float in [0, 1000]; the one place that checks them (the API delegates here)."""
+    return number_in(name, value, (0.0, TIMESTEP_MAX))
+
+
+def number_in(name: str, value: object, bounds: tuple[float, float]) -> float:
+    """A number in [low, high] as a float; the one check of every numeric parameter (the API delegates here)."""
+    low, high = bounds
+    interval = f"[{_number_text(low)}, {_number_text(high)}]"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number in [0, 1000], got {value!r}")
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number in [0, 1000], got {value!r}")
-    if not 0.0 <= value <= TIMESTEP_MAX:
-        raise ValueError(f"{name} must be a number in [0, 1000], got {value!r}")
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     return float(value)
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _as_enum(name: str, value: object, enum: type[Enum]) -> Enum:
@@ -159,6 +185,8 @@ PRESETS: dict[str, Preset] = {
         Preset("inpainting", "Inpainting", RivalParams(), 7.0),
         # Structure from ControlNet, look from the reference (rival_controlnet.json, t_early 400).
         Preset("controlnet", "With ControlNet", RivalParams(t_early=400.0), 7.0),
+        # Your prompt in the reference's style only: prompt-guided, injected into the style layers alone.
+        Preset("style_only", "Style only", RivalParams(early_plain=960.0, layers="style"), 7.0),
     )
 }
 

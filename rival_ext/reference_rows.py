@@ -1,19 +1,22 @@
 """The reference rows of each model call: added, routed by role, taken back off, recorded.
 
-Before a model call the router puts the reference row(s) for the current evaluation in front of the
-call's rows (latent from the chain at the evaluation's sigma, the call's own level, the reference
-texts) and returns the self-attention plan; after it, it takes their outputs back off, keeping the
-reference-cond row's eps as the AdaIN target. Callers see a model that behaves as before for their
-rows. Where a call is made and what its arguments look like is the host's: ``ModelCall`` is that
-seam (A1111's UNet call in ``UNetCall`` here, Forge's denoiser call in ``rival_ext.forge``).
+Before a model call the router puts the reference rows for the current evaluation in front of the call's rows
+(one reference after the other: latents from each chain at the evaluation's sigma, the call's own level, the
+reference texts) and returns the self-attention plan; after it, it takes their outputs back off, keeping each
+positive reference's cond-row eps as an AdaIN target. Callers see a model that behaves as before for their rows.
+Where a call is made and what its arguments look like is the host's: ``ModelCall`` is that seam (A1111's UNet
+call in ``UNetCall`` here, Forge's denoiser call in ``rival_ext.forge``).
 
-How the reference rows reach the attention is a strategy: in the same call (``InCall``), replayed
-from recorded features (``Replayed``, the feature cache), or a pass of their own (``SeparatePass``)
-for a call whose host says another extension sizes its inputs by the call's rows (``ModelCall.apart``). Which rows
-of a call are cond or uncond comes from the call itself where the host says (Forge's
-``cond_or_uncond``), else from a cursor over the evaluation's row layout, so any split of the rows
-into calls (A1111's batch_cond_uncond off, unequal prompt lengths, skipped uncond) routes correctly;
-rows past the layout belong to a foreign call and are left alone.
+How the reference rows reach the attention is a strategy: in the same call (``InCall``), replayed from recorded
+features (``Replayed``, the feature cache), or a pass of their own (``SeparatePass``) for a call whose host says
+another extension sizes its inputs by the call's rows (``ModelCall.apart``). Which rows of a call are cond or
+uncond comes from the call itself where the host says (Forge's ``cond_or_uncond``), else from a cursor over the
+evaluation's row layout, so any split of the rows into calls (A1111's batch_cond_uncond off, unequal prompt
+lengths, skipped uncond) routes correctly; rows past the layout belong to a foreign call and are left alone.
+
+One reference at weight 1, attention strength 1 and no mask is the paper's RIVAL: each generated row's attention
+context is rewritten. Anything else is a blended plan (``attention.blended_output``): several references (a
+weight of 0 leaves one out entirely), strengths, masks.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from .attention import AttentionPlan
+from .adain import Normalize, normalizer
+from .attention import AttentionPlan, Term
 from .chain import InversionChain
 from .conditioning import Conditioning, ReferenceRows, Role, reference_rows
 from .feature_cache import FeatureCache, evaluation_key
@@ -40,11 +44,14 @@ ARG_NAMES = {"x": ("x", "sample"), "t": ("timesteps", "timestep", "t"), "context
 
 @dataclass(frozen=True)
 class Reference:
-    """The reference branch: its chain and the texts of its cond and uncond rows (one row each)."""
+    """One reference branch: its chain, the texts of its cond and uncond rows (one row each), its weight among
+    several references (-1 .. 1; 0: left out) and the mask of the part of it RIVAL reads (latent grid)."""
 
     chain: InversionChain
     cond: Conditioning
     uncond: Conditioning
+    weight: float = 1.0
+    mask: Tensor | None = None
 
     @property
     def shared(self) -> bool:
@@ -71,7 +78,39 @@ class Evaluation:
     x: Tensor | None = None  # the rows the sampler hands the model, where the host tells calls apart by them
     cursor: int = 0
     calls: int = 0  # model calls routed so far (none at all: RIVAL's way into the model was bypassed)
-    eps_ref: Tensor | None = None  # reference-cond eps once a call has computed it
+    eps_refs: dict[int, Tensor] = field(default_factory=dict)  # each reference's cond eps once a call computed it
+
+    @property
+    def eps_ref(self) -> Tensor | None:
+        """The first reference's cond eps (the AdaIN target of the paper's single reference)."""
+        return self.eps_refs.get(0)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The reference rows in front of a call, reference after reference (``parts``: its index and its rows),
+    and the roles of the call's own rows."""
+
+    parts: tuple[tuple[int, ReferenceRows], ...]
+    roles: tuple[Role, ...]
+
+    @property
+    def count(self) -> int:
+        """Number of reference rows in front of the call."""
+        return sum(rows.count for _, rows in self.parts)
+
+    def offsets(self) -> list[tuple[int, int, ReferenceRows]]:
+        """(reference index, first row, its rows) of each part."""
+        out, row = [], 0
+        for k, rows in self.parts:
+            out.append((k, row, rows))
+            row += rows.count
+        return out
+
+    def term_sources(self, part: int) -> Tensor:
+        """Each call row's source row (in [reference rows, call rows]) for one part's reference."""
+        _, row, rows = self.offsets()[part]
+        return torch.tensor([row + rows.index(role) for role in self.roles], dtype=torch.long)
 
 
 class ModelCall(Protocol):
@@ -118,26 +157,38 @@ class RowRouter:
     """Routes one evaluation's model calls: adds, strips and records the reference rows a call needs.
 
     It installs nothing: the session calls ``before``/``after`` around each model call and writes the
-    attention plan ``before`` returns. How the reference rows reach the attention is a strategy:
-    ``in_call`` (``InCall``, or ``Replayed`` with a feature cache), or ``apart`` (``SeparatePass``) for
-    the calls that say so.
+    attention plan ``before`` returns. ``references``: the first is the main one (its chain gives the start
+    latent); ``where``: the latent-grid mask of where RIVAL acts; ``selected``: the layer indices RIVAL acts on.
     """
 
     def __init__(
         self,
         layers: int,
         params: RivalParams,
-        reference: Reference,
+        references: Reference | Sequence[Reference],
         features: FeatureCache | None = None,
+        where: Tensor | None = None,
+        selected: frozenset[int] | None = None,
     ) -> None:
         self.layers = layers
         self.params = params
-        self.reference = reference
-        self.shared = reference.shared
+        self.references = (references,) if isinstance(references, Reference) else tuple(references)
+        self.where = where
+        self.selected = selected
+        self.active = tuple(k for k, ref in enumerate(self.references) if ref.weight != 0.0)
+        self.targets = tuple(k for k in self.active if self.references[k].weight > 0.0)  # AdaIN's references
+        only = self.references[self.active[0]] if len(self.active) == 1 else None
+        self.blended = not (only is not None and only.weight == 1.0 and only.mask is None and where is None
+                            and params.attention_strength == 1.0)
         self.in_call: InCall = Replayed(features) if features is not None else InCall()
         self.apart = SeparatePass(features)
         self.evaluation: Evaluation | None = None
         self.pending: Pending | None = None
+
+    @property
+    def reference(self) -> Reference:
+        """The main reference."""
+        return self.references[0]
 
     @property
     def strategies(self) -> tuple[InCall, SeparatePass]:
@@ -166,6 +217,44 @@ class RowRouter:
         self.pending = None
         return in_flight
 
+    def adain_target(self, ev: Evaluation) -> Tensor | Normalize | None:
+        """What the evaluation's guided prediction is normalized to: the main reference's eps (the paper's AdaIN)
+        or a ``normalizer`` over the positive references, masks and the AdaIN strength; None: no target."""
+        present = [k for k in self.targets if k in ev.eps_refs]
+        if not present:
+            return None
+        refs = [self.references[k] for k in present]
+        if (len(refs) == 1 and refs[0].weight == 1.0 and refs[0].mask is None and self.where is None
+                and self.params.adain_strength == 1.0):
+            return ev.eps_refs[present[0]]
+        return normalizer([ev.eps_refs[k] for k in present], [r.weight for r in refs], [r.mask for r in refs],
+                          self.params.adain_strength, self.where)
+
+    def layout(self, roles: Sequence[Role], attention: bool, ev: Evaluation) -> Layout:
+        """The fewest reference rows serving rows of ``roles``: each active reference's rows when the attention
+        reads them, a positive reference's cond row (AdaIN target) while it is still missing."""
+        adain = self.params.adain_active(ev.t)
+        parts = []
+        for k in self.active:
+            ref = self.references[k]
+            need_target = adain and k in self.targets and k not in ev.eps_refs
+            rows = reference_rows(roles if attention else [], ref.shared, need_target)
+            if rows.count:
+                parts.append((k, rows))
+        return Layout(tuple(parts), tuple(Role(r) for r in roles))
+
+    def plan(self, mode: AttentionMode, layout: Layout, **kwargs: Any) -> AttentionPlan:
+        """The attention plan of a call laid out so: the paper's context rewrite for one reference at full weight,
+        else a blended plan over the parts' references."""
+        if not self.blended:
+            (_, rows), = layout.parts
+            return AttentionPlan(mode, rows.sources, layers=self.selected, **kwargs)
+        strength = self.params.attention_strength
+        terms = tuple(Term(layout.term_sources(i), strength * self.references[k].weight, self.references[k].mask)
+                      for i, (k, _) in enumerate(layout.parts))
+        return AttentionPlan(mode, torch.empty(0, dtype=torch.long), layers=self.selected, terms=terms,
+                             where=self.where, **kwargs)
+
     def before(self, call: ModelCall, planned: Planned) -> AttentionPlan | None:
         """Put the reference rows the call needs into it (``call.changed``); the attention plan for it."""
         ev = self.evaluation
@@ -180,50 +269,60 @@ class RowRouter:
             ev.cursor += call.rows
         ev.calls += 1
         mode = self.params.attention_mode(ev.t)
-        need_target = self.params.adain_active(ev.t) and ev.eps_ref is None
-        rows = reference_rows(roles if mode is not AttentionMode.PLAIN else [], self.shared, need_target)
-        if rows.count == 0:
+        layout = self.layout(roles, mode is not AttentionMode.PLAIN, ev)
+        if layout.count == 0:
             return None
         strategy = self.apart if call.apart else self.in_call
-        return strategy.serve(self, call, rows, mode, need_target, planned)
+        return strategy.serve(self, call, layout, mode, planned)
 
     def after(self, output: Tensor) -> Tensor | None:
-        """The call's output without the reference rows (None: unchanged); keeps the AdaIN target."""
+        """The call's output without the reference rows (None: unchanged); keeps the AdaIN targets."""
         pending, self.pending = self.pending, None
         if pending is None:
             return None
-        rows, ev = pending.rows, self.evaluation
-        index = rows.index(Role.COND)
-        if ev is not None and index is not None and ev.eps_ref is None:
-            ev.eps_ref = pending.call.as_eps(output[index : index + 1], pending.latents[index : index + 1], ev.sigma)
-        if ev is not None and pending.cache is not None:
-            self.store(rows.roles, pending, output, ev)
-        return output[rows.count :]
+        ev = self.evaluation
+        if ev is not None:
+            for k, row, rows in pending.layout.offsets():
+                index = rows.index(Role.COND)
+                if k in self.targets and index is not None and k not in ev.eps_refs:
+                    at = slice(row + index, row + index + 1)
+                    ev.eps_refs[k] = pending.call.as_eps(output[at], pending.latents[at], ev.sigma)
+            if pending.cache is not None:
+                self.store(pending.layout, pending, output, ev)
+        return output[pending.layout.count :]
 
-    def put_reference_rows(self, call: ModelCall, roles: tuple[Role, ...], keep_own: bool) -> Tensor:
-        """The evaluation's reference rows of ``roles`` into ``call``; returns their latents."""
-        latents = call.reference_latent(self.reference.chain, self.evaluation.sigma, len(roles))
-        call.put_reference_rows(latents, [self.reference.text(r) for r in roles], keep_own)
-        return latents
+    def put_reference_rows(self, call: ModelCall, layout: Layout, keep_own: bool) -> Tensor:
+        """The evaluation's reference rows of ``layout`` into ``call``; returns their latents."""
+        sigma = self.evaluation.sigma
+        latents, texts = [], []
+        for k, rows in layout.parts:
+            ref = self.references[k]
+            latents.append(call.reference_latent(ref.chain, sigma, rows.count))
+            texts += [ref.text(role) for role in rows.roles]
+        joined = torch.cat(latents)
+        call.put_reference_rows(joined, texts, keep_own)
+        return joined
 
-    def store(self, roles: tuple[Role, ...], pending: Pending, output: Tensor, ev: Evaluation) -> None:
+    def store(self, layout: Layout, pending: Pending, output: Tensor, ev: Evaluation) -> None:
         """Put the reference rows' features (when all layers recorded) and eps in the pending call's cache."""
         key = evaluation_key(ev.sigma, ev.t)
         record = pending.record
         complete = record is not None and all(r is not None for r in record)
-        for i, role in enumerate(roles):
-            features = [r[i : i + 1].clone() for r in record] if complete else None
-            eps = pending.call.as_eps(output[i : i + 1], pending.latents[i : i + 1], ev.sigma)
-            pending.cache.put(key, role, features, eps)
+        for k, row, rows in layout.offsets():
+            for i, role in enumerate(rows.roles):
+                at = slice(row + i, row + i + 1)
+                features = [r[at].clone() for r in record] if complete else None
+                eps = pending.call.as_eps(output[at], pending.latents[at], ev.sigma)
+                pending.cache.put((*key, k), role, features, eps)
 
 
 @dataclass(frozen=True)
 class Pending:
-    """A call that carries reference rows, between before and after: its rows, latents and recording,
+    """A call that carries reference rows, between before and after: their layout, latents and recording,
     and the feature cache of the strategy that served it (None: nothing is kept)."""
 
     call: ModelCall
-    rows: ReferenceRows
+    layout: Layout
     latents: Tensor
     record: list[Tensor | None] | None
     cache: FeatureCache | None = None
@@ -243,15 +342,15 @@ class InCall:
     def reset(self) -> None:
         """The hooks are removed."""
 
-    def serve(self, router: RowRouter, call: ModelCall, rows: ReferenceRows, mode: AttentionMode,
-              need_target: bool, planned: Planned) -> AttentionPlan | None:
-        latents = router.put_reference_rows(call, rows.roles, keep_own=True)
+    def serve(self, router: RowRouter, call: ModelCall, layout: Layout, mode: AttentionMode,
+              planned: Planned) -> AttentionPlan | None:
+        latents = router.put_reference_rows(call, layout, keep_own=True)
         record = None
         plan = None
         if mode is not AttentionMode.PLAIN:
             record = [None] * router.layers if self.cache is not None else None
-            plan = AttentionPlan(mode, rows.sources, record=record, record_rows=rows.count)
-        router.pending = Pending(call, rows, latents, record, self.cache)
+            plan = router.plan(mode, layout, record=record, record_rows=layout.count, generated=layout.count)
+        router.pending = Pending(call, layout, latents, record, self.cache)
         return plan
 
 
@@ -262,19 +361,24 @@ class Replayed(InCall):
     def __init__(self, features: FeatureCache | None) -> None:
         self.cache = features
 
-    def serve(self, router: RowRouter, call: ModelCall, rows: ReferenceRows, mode: AttentionMode,
-              need_target: bool, planned: Planned) -> AttentionPlan | None:
+    def serve(self, router: RowRouter, call: ModelCall, layout: Layout, mode: AttentionMode,
+              planned: Planned) -> AttentionPlan | None:
         ev, cache = router.evaluation, self.cache
         key = evaluation_key(ev.sigma, ev.t)
         plain = mode is AttentionMode.PLAIN
-        if not all(cache.has(key, role, need_features=not plain) for role in rows.roles):
-            return super().serve(router, call, rows, mode, need_target, planned)
-        if need_target:
-            ev.eps_ref = cache.eps(key, Role.COND)
+        if not all(cache.has((*key, k), role, need_features=not plain) for k, rows in layout.parts
+                   for role in rows.roles):
+            return super().serve(router, call, layout, mode, planned)
+        for k, rows in layout.parts:
+            if k in router.targets and k not in ev.eps_refs and Role.COND in rows.roles:
+                ev.eps_refs[k] = cache.eps((*key, k), Role.COND)
         if plain:
             return None
-        banked = cache.banked(key, rows.roles, call.device)
-        return AttentionPlan(mode, rows.sources[rows.count :], banked=banked)
+        banked = cache.banked([((*key, k), rows.roles) for k, rows in layout.parts], call.device)
+        plan = router.plan(mode, layout, banked=banked)
+        if plan.terms:
+            return plan
+        return AttentionPlan(mode, plan.sources[layout.count :], banked=banked, layers=plan.layers)
 
 
 class SeparatePass(Replayed):
@@ -295,29 +399,36 @@ class SeparatePass(Replayed):
     def reset(self) -> None:
         self.cache = self.features
 
-    def serve(self, router: RowRouter, call: ModelCall, rows: ReferenceRows, mode: AttentionMode,
-              need_target: bool, planned: Planned) -> AttentionPlan | None:
+    def serve(self, router: RowRouter, call: ModelCall, layout: Layout, mode: AttentionMode,
+              planned: Planned) -> AttentionPlan | None:
         self.reference_pass(router, call, mode, planned)
-        return super().serve(router, call, rows, mode, need_target, planned)
+        return super().serve(router, call, layout, mode, planned)
 
     def reference_pass(self, router: RowRouter, call: ModelCall, mode: AttentionMode, planned: Planned) -> None:
         """Run the evaluation's missing reference rows through the model's own path and record them."""
         ev, cache = router.evaluation, self.cache
         key, plain = evaluation_key(ev.sigma, ev.t), mode is AttentionMode.PLAIN
         served = [] if plain else [*ev.roles, *(call.roles or [])]  # the whole layout where it is known
-        wanted = reference_rows(served, router.shared, router.params.adain_active(ev.t))
-        roles = tuple(r for r in wanted.roles if not cache.has(key, r, need_features=not plain))
-        if not roles:
+        wanted = router.layout(served, not plain, ev)
+        parts = []
+        for k, rows in wanted.parts:
+            missing = tuple(r for r in rows.roles if not cache.has((*key, k), r, need_features=not plain))
+            if missing:
+                parts.append((k, ReferenceRows(missing, torch.empty(0, dtype=torch.long))))
+        missing_layout = Layout(tuple(parts), ())
+        if not parts:
             return
         alone = call.alone()
-        latents = router.put_reference_rows(alone, roles, keep_own=False)
+        latents = router.put_reference_rows(alone, missing_layout, keep_own=False)
+        count = missing_layout.count
         record: list[Tensor | None] = [None] * router.layers
         plan = AttentionPlan(
-            AttentionMode.PLAIN, torch.arange(len(roles)), record=None if plain else record, record_rows=len(roles)
+            AttentionMode.PLAIN, torch.arange(count), record=None if plain else record, record_rows=count
         )
         with planned(plan):
             output = alone.run()
-        router.store(roles, Pending(alone, wanted, latents, None if plain else record, cache), output, ev)
+        router.store(missing_layout, Pending(alone, missing_layout, latents, None if plain else record, cache),
+                     output, ev)
 
 
 class UNetCall:
@@ -404,4 +515,3 @@ class UNetCall:
         """Through the UNet's class forward: another extension's instance forward (ControlNet's) is skipped."""
         args, kwargs = self.args()
         return type(self.unet).forward(self.unet, *args, **kwargs)
-

@@ -8,6 +8,17 @@ from PIL import Image
 
 from .params import RivalParams
 
+MAX_MORE_REFERENCES = 3
+
+
+@dataclass(frozen=True)
+class ExtraReference:
+    """A further reference: its image, its weight (-1 .. 1; 0: absent), the part of it RIVAL reads (mask)."""
+
+    image: Image.Image
+    weight: float = 1.0
+    mask: Image.Image | None = None
+
 
 @dataclass(frozen=True)
 class RivalRequest:
@@ -21,6 +32,9 @@ class RivalRequest:
     apply_to_hires: bool = False
     show_reconstruction: bool = False
     official_settings: bool = False
+    more_references: tuple[ExtraReference, ...] = ()
+    mask: Image.Image | None = None  # where in the generated image RIVAL acts (white: RIVAL)
+    reference_mask: Image.Image | None = None  # which part of the (first) reference RIVAL reads
 
 
 class RivalInputError(ValueError):

@@ -94,12 +94,15 @@ class Alignment:
             raise RivalRuntimeError(
                 "RIVAL: no model call of this step reached RIVAL; another extension bypassed it (a replaced model "
                 "function or UNet forward); turn that extension off or RIVAL off")
-        if evaluation is None or not self.params.adain_active(evaluation.t) or evaluation.eps_ref is None:
+        if evaluation is None or not self.params.adain_active(evaluation.t):
+            return guided
+        target = self.rows.adain_target(evaluation)
+        if target is None:
             return guided
         if x is None:
-            return adain(guided, evaluation.eps_ref)
+            return target(guided) if callable(target) else adain(guided, target)
         sigma = torch.full((x.shape[0],), evaluation.sigma, device=x.device, dtype=x.dtype)
-        return adain_denoised(guided, x, sigma, evaluation.eps_ref)
+        return adain_denoised(guided, x, sigma, target)
 
 
 class RivalSession(Alignment):
@@ -117,18 +120,21 @@ class RivalSession(Alignment):
         self,
         unet: nn.Module,
         params: RivalParams,
-        reference: Reference,
+        references: Reference | Sequence[Reference],
         parameterization: str = "eps",
         features: FeatureCache | None = None,
         separate: bool | None = None,
         injector: SelfAttentionInjector | None = None,
+        where: Tensor | None = None,
+        selected: frozenset[int] | None = None,
     ) -> None:
         self.unet = unet
         self.parameterization = parameterization
         self._owns_injector = injector is None
         self.injector = SelfAttentionInjector(unet) if injector is None else injector
         self.separate = separate
-        super().__init__(RowRouter(len(self.injector.layers), params, reference, features), params)
+        router = RowRouter(len(self.injector.layers), params, references, features, where, selected)
+        super().__init__(router, params)
         self._handles = HookHandles("row")
 
     def install(self) -> RivalSession:

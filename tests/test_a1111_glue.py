@@ -142,9 +142,9 @@ def test_sdxl_reference_uncond_is_encoded_as_a1111_encodes_an_empty_negative(web
     seen = []
     reference = job.Reference
 
-    def spy(chain, cond, uncond):
+    def spy(chain, cond, uncond, *args):
         seen.append((cond, uncond))
-        return reference(chain, cond, uncond)
+        return reference(chain, cond, uncond, *args)
 
     monkeypatch.setattr(job, "Reference", spy)
     txt2img(module, enabled(reference_prompt="null"))

@@ -148,10 +148,10 @@ class HeldFeatures:
     def measure(self, _params) -> None:
         cache = self._cache()
         features = all(item.features is not None for item in cache._items.values())
-        self.during.append((self._key, {item[:-1] for item in cache._items}, len(cache), cache.nbytes, features))
+        self.during.append((self._key, {item[:2] for item in cache._items}, len(cache), cache.nbytes, features))
 
     def end(self, _params) -> None:
-        self.after.append((self._key, {item[:-1] for item in self._cache()._items}))
+        self.after.append((self._key, {item[:2] for item in self._cache()._items}))
 
     def close(self) -> None:
         for callback in (self.begin, self.measure, self.end):

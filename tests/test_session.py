@@ -29,7 +29,7 @@ def test_the_session_installs_and_removes_every_hook_together(unet64, reference)
     session = RivalSession(unet64, RivalParams(), reference)
     with session:
         assert session.installed and session.injector.installed
-        assert hook_count(unet64) == before + len(session.injector.layers) + 2
+        assert hook_count(unet64) == before + 2 * len(session.injector.layers) + 2  # per layer: context, blend
         with pytest.raises(RuntimeError, match="already installed"):
             session.install()
     assert not session.installed and not session.injector.installed and hook_count(unet64) == before

@@ -18,13 +18,11 @@ from modules import devices, shared
 from PIL import Image
 from torch import Tensor, nn
 
+from ..attention import block_key, find_self_attention
 from ..conditioning import Conditioning
 from ..eps_models import UNetEps
-from ..feature_cache import FeatureCache
-from ..host import PassLevels, UnsupportedModel
+from ..host import AlignmentSpec, PassLevels, UnsupportedModel
 from ..noise import DiscreteSchedule, abar_of_sigma, eps_from_v
-from ..params import RivalParams
-from ..reference_rows import Reference
 from ..session import RivalSession
 from ..webui.sampling import override_schedule, pass_levels
 from ..webui.text import encode_text
@@ -296,10 +294,14 @@ class A1111Host:
     def decode(self, latent: Tensor) -> Image.Image:
         return decode(self.model, latent)
 
-    def align(self, p: object, params: RivalParams, reference: Reference,
-              features: FeatureCache | None) -> A1111Session:
-        """Module hooks on the UNet: attn1 pre-hooks and the UNet's row hooks, until ``close``."""
-        return A1111Session(self.unet, params, reference, self.parameterization, features=features).install()
+    @property
+    def layer_keys(self) -> list[tuple[str, int, int]]:
+        return [block_key(layer.name) for layer in find_self_attention(self.unet)]
+
+    def align(self, p: object, spec: AlignmentSpec) -> A1111Session:
+        """Module hooks on the UNet: attn1 pre- and post-hooks and the UNet's row hooks, until ``close``."""
+        return A1111Session(self.unet, spec.params, spec.references, self.parameterization, features=spec.features,
+                            where=spec.where, selected=spec.selected).install()
 
 
 class A1111Session(RivalSession):

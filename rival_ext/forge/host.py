@@ -20,14 +20,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..attention import find_self_attention
+from ..attention import block_key, find_self_attention
 from ..conditioning import Conditioning
 from ..eps_models import EpsModel
-from ..feature_cache import FeatureCache
-from ..host import PassLevels, UnsupportedModel
+from ..host import AlignmentSpec, PassLevels, UnsupportedModel
 from ..noise import DiscreteSchedule, vp_to_ve
-from ..params import RivalParams
-from ..reference_rows import Reference
 from ..webui.sampling import override_schedule, pass_levels
 from ..webui.text import encode_text
 from .patches import ForgeAlignment
@@ -165,8 +162,11 @@ class ForgeHost:
         array = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
         return Image.fromarray(np.ascontiguousarray(array))
 
-    def align(self, p: object, params: RivalParams, reference: Reference,
-              features: FeatureCache | None) -> ForgeAlignment:
+    @property
+    def layer_keys(self) -> list[tuple[str, int, int]]:
+        return [block_key(layer.name) for layer in find_self_attention(self.denoiser.diffusion_model)]
+
+    def align(self, p: object, spec: AlignmentSpec) -> ForgeAlignment:
         """RIVAL's patches on a clone of the pass's UNet patcher, which becomes the one the sampler uses; closing
         the alignment puts the patcher it cloned back (while the clone is still the one in place)."""
         forge_objects = self.model.forge_objects
@@ -177,8 +177,7 @@ class ForgeHost:
             if forge_objects.unet is clone:
                 forge_objects.unet = before
 
-        alignment = ForgeAlignment(lambda: self.model.forge_objects.unet, params, reference, features, restore)
-        return alignment.install()
+        return ForgeAlignment(lambda: self.model.forge_objects.unet, spec, restore).install()
 
 
 class ForgeEps:

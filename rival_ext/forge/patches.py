@@ -10,6 +10,8 @@ reForge and Forge Classic), on the per-sampling clone of ``forge_objects.unet``.
   keys and values by the plan: another extension's attn1 *replace* patch then gets RIVAL's keys and
   values and both act. With a foreign patch that reads rows by position, the reference rows run in a
   pass of their own (``apply_model`` with RIVAL's patch only) and are replayed into the unchanged call.
+  A blended plan (strengths, several references, masks) keeps the layer's inputs and moves its output in
+  an ``attn1_output_patch`` (``attention.blended_output``, the extra attentions through the layer's attn1).
 * AdaIN after guidance stays in the WebUI's ``on_cfg_after_cfg`` (the job's), ControlNet's residuals
   reach the generated rows only (the reference rows get zeros, as in the official ControlNet pipeline).
 
@@ -25,12 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attention import AttentionPlan, block_key, find_self_attention, planned_context
+from ..attention import AttentionPlan, blended_output, block_key, find_self_attention, planned_context
 from ..chain import InversionChain
 from ..conditioning import Conditioning, Role
-from ..feature_cache import FeatureCache
-from ..params import RivalParams
-from ..reference_rows import Reference, RowRouter
+from ..host import AlignmentSpec
+from ..reference_rows import RowRouter
 from ..session import Alignment, check_reached
 
 ApplyModel = Callable[..., Tensor]
@@ -147,8 +148,8 @@ class ForgeAlignment(Alignment):
     RIVAL's back around it. ``restore`` (optional) is called once when the alignment is removed.
     """
 
-    def __init__(self, current: Callable[[], Any], params: RivalParams, reference: Reference,
-                 features: FeatureCache | None, restore: Callable[[], None] | None = None) -> None:
+    def __init__(self, current: Callable[[], Any], spec: AlignmentSpec,
+                 restore: Callable[[], None] | None = None) -> None:
         self.current = current
         self.restore = restore
         diffusion_model: nn.Module = current().model.diffusion_model
@@ -156,16 +157,20 @@ class ForgeAlignment(Alignment):
         if not layers:
             raise ValueError("the UNet has no self-attention layers (attn1) that RIVAL can align")
         self.layer_of = {block_key(layer.name): index for index, layer in enumerate(layers)}
-        super().__init__(RowRouter(len(layers), params, reference, features), params)
+        self.modules = [layer.module for layer in layers]
+        router = RowRouter(len(layers), spec.params, spec.references, spec.features, spec.where, spec.selected)
+        super().__init__(router, spec.params)
         self.applied = 0
         self.closed = False
         self.attn1 = Patch(self._attn1)
+        self.attn1_output = Patch(self._attn1_output)
         self.wrapper = Patch(self._wrapper)
         self.inner: Callable | None = None  # a wrapper that was there before RIVAL's
+        self._blend: tuple[int, Tensor, Tensor, Tensor] | None = None  # the blended layer's inputs
 
     @property
     def own_patches(self) -> dict[str, list[Patch]]:
-        return {"attn1_patch": [self.attn1]}
+        return {"attn1_patch": [self.attn1], "attn1_output_patch": [self.attn1_output]}
 
     def install(self) -> ForgeAlignment:
         """RIVAL's attn1 patch and model function wrapper on the current patcher (a clone of Forge's)."""
@@ -179,6 +184,8 @@ class ForgeAlignment(Alignment):
         patches = options.get("transformer_options", {}).get("patches", {})
         if self.attn1 not in patches.get("attn1_patch", []):
             patcher.set_model_attn1_patch(self.attn1)
+        if self.attn1_output not in patches.get("attn1_output_patch", []):
+            patcher.set_model_attn1_output_patch(self.attn1_output)
         wrapper = options.get("model_function_wrapper")
         if wrapper is not self.wrapper:
             self.inner = wrapper
@@ -241,11 +248,28 @@ class ForgeAlignment(Alignment):
         if layer is None:
             raise RuntimeError(f"RIVAL: an unknown self-attention layer {key} reached RIVAL's patch")
         injected = planned_context(context, plan, layer)
+        if plan.terms and plan.acts_on(layer):
+            self._blend = (layer, n, context, value)
         if injected is None:
             return n, context, value
         if value is context:
             return n, injected, injected
         return n, injected, planned_context(value, plan, layer, record=False)
+
+
+    def _attn1_output(self, out: Tensor, extra_options: dict) -> Tensor:
+        """A blended layer's output moved towards each reference (its inputs kept by ``_attn1``)."""
+        blend, self._blend = self._blend, None
+        plan = self.plan
+        if blend is None or plan is None or self.closed:
+            return out
+        layer, hidden, context, value = blend
+        module = self.modules[layer]
+
+        def attend(x: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+            return module(x, context=keys, value=values)
+
+        return blended_output(out, hidden, context, value, plan, layer, attend)
 
 
 def _paddable(control: object, rows: int) -> bool:

@@ -1,0 +1,45 @@
+"""Masks of RIVAL's reach: on the latent grid, and at each self-attention layer's token grid.
+
+``mask`` says where in the generated image RIVAL acts (white: RIVAL, black: the model's own attention and no
+normalization, grey in between); ``reference_mask`` which part of a reference its keys, values and statistics come
+from. Both are taken like the reference image (centre-cropped to the generation's aspect ratio), averaged onto the
+latent grid, and averaged again onto a layer's coarser token grid. An all-white mask is no mask at all.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .image import fit, to_rgb
+
+KEEP = 0.5  # a reference token takes part where its mask averages at least this
+
+
+def latent_mask(image: Image.Image | None, width: int, height: int) -> Tensor | None:
+    """(height/8, width/8) float in [0, 1] from a mask image of any size and mode (None: everywhere)."""
+    if image is None:
+        return None
+    gray = fit(to_rgb(image), width, height).convert("L").resize((width // 8, height // 8), Image.BOX)
+    mask = torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)
+    return None if bool((mask >= 1.0).all()) else mask
+
+
+def at_tokens(mask: Tensor, tokens: int) -> Tensor:
+    """The mask averaged onto a layer whose grid has ``tokens`` positions (the latent grid, 2x, 4x, ... coarser)."""
+    h, w = mask.shape
+    factor = math.isqrt(h * w // tokens) if tokens else 0
+    if factor < 1 or (h // factor) * (w // factor) != tokens:
+        raise ValueError(f"a layer of {tokens} tokens does not tile the {h}x{w} latent grid")
+    return torch.nn.functional.avg_pool2d(mask[None, None], factor)[0, 0].flatten()
+
+
+def kept_tokens(mask: Tensor, tokens: int) -> Tensor:
+    """Indices of a layer's tokens inside the reference mask (at least its strongest one)."""
+    weights = at_tokens(mask, tokens)
+    kept = (weights >= KEEP).nonzero().flatten()
+    return kept if len(kept) else weights.argmax().reshape(1)
