@@ -10,17 +10,12 @@ function rivalSelectedResult(tab, gallery) {
 }
 
 // hints.js attaches a title only to a SPAN/BUTTON/P/INPUT/LI whose own text equals a `titles` key:
-// the reference image's label is a DIV and a button's text carries a leading space, so these
-// get their tooltip from the same `titles` map here, by element id.
+// an image's label is a DIV and a button's text carries a leading space, so these get their
+// tooltip from the same `titles` map here, by element id (rivalTitledById, in rival_titles.js).
 onUiLoaded(function rivalElementTitles() {
     for (const tab of ["txt2img", "img2img"]) {
-        const targets = {
-            [`script_${tab}_rival_reference_image`]: "Reference image",
-            [`script_${tab}_rival_use_result`]: "Use the selected result",
-            [`script_${tab}_rival_use_official`]: "Use the official CFG, steps and sampler",
-        };
-        for (const [id, key] of Object.entries(targets)) {
-            const element = gradioApp().getElementById(id);
+        for (const [suffix, key] of Object.entries(window.rivalTitledById || {})) {
+            const element = gradioApp().getElementById(`script_${tab}_rival_${suffix}`);
             if (element && titles[key]) {
                 element.title = titles[key];
             }

@@ -187,7 +187,7 @@ class RivalJob:
             self.reconstructions.append(self.reconstruction(host, chain, cond))
         main = Reference(chain, cond, uncond, self.params.reference_weight,
                          latent_mask(self.request.reference_mask, width, height))
-        extras = tuple(self.extra_reference(host, extra, i, cond, text, sigmas, width, height)
+        extras = tuple(self.extra_reference(host, extra, i, cond, uncond, text, sigmas, width, height)
                        for i, extra in enumerate(self.request.more_references) if extra.weight != 0.0)
         regenerate = self.inpaint_region(request, tuple(x.shape[-2:]))
         keep_chain = None if regenerate is None else self.inpainted_chain(host, request, chain, cond, text, sigmas)
@@ -197,16 +197,17 @@ class RivalJob:
         return PreparedPass(x, noise, host, levels, chain, (main, *extras), where, selected, reference_key, keep_chain,
                             regenerate, start_noise)
 
-    def extra_reference(self, host: Host, extra: ExtraReference, index: int, cond: Conditioning, text: str,
-                        sigmas: Tensor, width: int, height: int) -> Reference:
-        """A further reference: its own chain (cached), one row serving both roles (its reference-cond text)."""
+    def extra_reference(self, host: Host, extra: ExtraReference, index: int, cond: Conditioning,
+                        uncond: Conditioning, text: str, sigmas: Tensor, width: int, height: int) -> Reference:
+        """A further reference: its own chain (cached), read through the same text rows as the first one, so that
+        a weight means the same for every reference (one row where the reference text is shared, else two)."""
         try:
             pixels = prepare_reference(extra.image, width, height)
         except ValueError as error:
             raise RivalInputError(f"more_references[{index}]: {error}") from None
         key = chain_key(host, pixels, sigmas, text, self.settings.inversion_precision)
         chain = self.chain_of(host, key, lambda: host.encode_reference(pixels), cond, sigmas, f"reference {index + 2}")
-        return Reference(chain, cond, cond, extra.weight, latent_mask(extra.mask, width, height))
+        return Reference(chain, cond, uncond, extra.weight, latent_mask(extra.mask, width, height))
 
     def _install(self, p: object, host: Host, request: PassRequest, x: Tensor, noise: Tensor) -> None:
         prepared = self.prepared

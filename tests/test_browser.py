@@ -259,12 +259,13 @@ def _open_panel(driver, app: App, tab: str = "txt2img") -> None:
 
 
 def _shown(driver, app: App) -> dict[str, object]:
-    """What the panel shows: the preset box, the sliders' number boxes, the radios' and checkboxes' state."""
+    """What the panel shows: the preset and layer boxes, the sliders' numbers, the radios' and checkboxes' state."""
     return driver.execute_script("""
         const [ids] = arguments;
         const box = (name) => document.getElementById(ids[name]);
-        const out = {preset: box("preset").querySelector("input").value};
-        for (const name of ["t_align", "t_early", "early_plain"]) {
+        const out = {preset: box("preset").querySelector("input").value,
+                     layers: box("layers").querySelector("input").value};
+        for (const name of ["t_align", "t_early", "early_plain", "attention_strength", "adain_strength"]) {
             out[name] = Number(box(name).querySelector("input[type=number]").value);
         }
         for (const name of ["reference_prompt", "init_latent", "switch_rule"]) {
@@ -308,7 +309,8 @@ def _written_infotext() -> dict[str, str]:
 
     args = parse_named({"enabled": True, "preset": "editing", "t_align": 450, "t_early": 350, "early_plain": 980,
                         "reference_prompt": "same as the prompt", "init_latent": "seed noise",
-                        "switch_rule": "paper (t <= t_align)", "adain": False, "apply_to_hires": True})
+                        "switch_rule": "paper (t <= t_align)", "adain": False, "apply_to_hires": True,
+                        "attention_strength": 0.75, "adain_strength": 0.5, "layers": "output.1, input.8"})
     return {key: str(value) for key, value in generation_params(args, "0123456789").items()}
 
 
@@ -330,6 +332,7 @@ def test_a_pasted_infotext_keeps_every_pasted_value(page, app, infotext):
         "t_align": 450, "t_early": 350, "early_plain": 980,
         "reference_prompt": "same as the prompt", "init_latent": "seed noise", "switch_rule": "paper (t <= t_align)",
         "adain": False, "apply_to_hires": True, "show_reconstruction": False,
+        "attention_strength": 0.75, "adain_strength": 0.5, "layers": "output.1, input.8",
     }
     _wait(page, lambda: _shown(page, app) == expected, f"the pasted values {expected}")
     time.sleep(1.5)  # the .change handlers the paste set off have run: nothing may have moved
@@ -404,13 +407,16 @@ def test_use_the_selected_result_with_an_empty_gallery_warns(page, app):
 
 
 DOM_NAME = {"enabled": "rival"}  # InputAccordion: the user sees the accordion, not its hidden checkbox
-SHOWN_ON = {"use_init_image": ("img2img",), "apply_to_hires": ("txt2img",), "official_settings": ()}  # () = API only
+SHOWN_ON = {"use_init_image": ("img2img",), "apply_to_hires": ("txt2img",), "official_settings": (),
+            "more_references": ()}  # () = API only
 
 
 @pytest.mark.parametrize("tab", ["txt2img", "img2img"])
 def test_every_control_has_its_tooltip(page, app, tab):
     _open_panel(page, app, tab)
-    page.find_element("xpath", f"//*[@id='{app.id('rival', tab)}']//span[normalize-space(text())='Advanced']").click()
+    for accordion in ("More references", "Masks", "Advanced"):
+        header = f"//*[@id='{app.id('rival', tab)}']//span[normalize-space(text())='{accordion}']"
+        page.find_element("xpath", header).click()
     hints = titles()
     assert set(hints) == {FIELD[name].label for name in FIELDS} | set(EXTRA_TITLES)
     controls = {name: FIELD[name].label for name in FIELDS if tab in SHOWN_ON.get(name, (tab,))}

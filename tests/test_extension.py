@@ -258,11 +258,14 @@ def test_xyz_overrides_apply_per_cell(webui):
                                                     sampler_name="Euler")
     xyz.setter("t_align", float)(p, "450", None)
     xyz.setter("enabled", xyz._bool)(p, "True", None)
+    xyz.setter("attention_strength", float)(p, "-0.5", None)
+    xyz.setter("layers", str)(p, "output.1", None)
     runner = scripts.ScriptRunner([module.RivalScript()])
     p.scripts = runner
     p.script_args = runner.script_args_for([[{"enabled": False, "reference_image": reference_image()}]])
     result = processing.process_images(p)
     assert "RIVAL t_align: 450" in result.info
+    assert "RIVAL attention strength: -0.5" in result.info and "RIVAL layers: output.1" in result.info
 
 
 def test_reconstruction_is_added_to_the_gallery(webui):
@@ -432,7 +435,8 @@ def test_xyz_axes_are_registered_once_on_the_xyz_script(webui, monkeypatch):
     monkeypatch.setattr(scripts, "scripts_data", [entry], raising=False)
     assert xyz.register_axes() and xyz.register_axes()
     labels = [o.label for o in xyz_module.axis_options]
-    assert labels == ["[RIVAL] Enabled", "[RIVAL] Preset", "[RIVAL] t_align", "[RIVAL] t_early", "[RIVAL] Early plain"]
+    assert labels == ["[RIVAL] Enabled", "[RIVAL] Preset", "[RIVAL] t_align", "[RIVAL] t_early", "[RIVAL] Early plain",
+                      "[RIVAL] Attention strength", "[RIVAL] AdaIN strength", "[RIVAL] Layers"]
     p = types.SimpleNamespace()
     xyz_module.axis_options[2].apply(p, 450.0, None)
     assert xyz.overrides_of(p) == {"t_align": 450.0}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import types
 from pathlib import Path
 
+import gradio as gr
 import harness  # noqa: F401 (puts the stub WebUI on sys.path)
 import pytest
 
@@ -14,6 +15,8 @@ from rival_ext.webui import fields
 from rival_ext.webui.args import panel_defaults, parse_named
 from rival_ext.webui.fields import FIELD, FIELDS, PRESET_OUTPUTS, TABLE
 from rival_ext.webui.ui import IMG2IMG_ONLY
+
+KEEP_CONTROL = gr.update()  # a paste-back that leaves the control as it is (an image, recorded by hash only)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,8 +30,9 @@ def test_the_browser_gets_the_tables_tooltips() -> None:
 def test_every_row_is_complete() -> None:
     assert len(set(FIELDS)) == len(TABLE) and len({f.label for f in TABLE}) == len(TABLE)
     for f in TABLE:
-        assert f.label and f.hint.endswith(".") and f.kind in ("bool", "image", "preset", "number", "choice", "text")
-        assert (f.choices is not None) == (f.kind in ("choice", "preset")) and (f.range is not None) == (
+        assert f.label and f.hint.endswith(".") and f.kind in (
+            "bool", "image", "preset", "number", "choice", "text", "layers", "references")
+        assert (f.choices is not None) == (f.kind in ("choice", "preset", "layers")) and (f.range is not None) == (
             f.kind == "number")
         assert f.param == hasattr(RivalParams(), f.name)
         assert (f.write is None) == (f.key is None)
@@ -69,7 +73,7 @@ def test_a_preset_fills_exactly_the_tables_preset_controls(name) -> None:
 
     title = PRESETS[name].title if name in PRESETS else name
     values = preset_values(title)
-    assert len(values) == len(PRESET_OUTPUTS) == 5
+    assert len(values) == len(PRESET_OUTPUTS) == 6
     if name in PRESETS:
         defaults = panel_defaults(name)
         assert values == [defaults[output] for output in PRESET_OUTPUTS]
@@ -89,7 +93,35 @@ def test_infotext_written_from_the_table_pastes_back(webui) -> None:
         "enabled": True, "preset": "Custom", "t_align": "450.5", "t_early": "600", "early_plain": "1000",
         "reference_prompt": "custom text", "custom_prompt": "a dog", "init_latent": "seed noise",
         "apply_to_hires": True, "switch_rule": "paper (t <= t_align)", "adain": False,
+        "attention_strength": 1.0, "adain_strength": 1.0, "layers": "all", "reference_weight": 1.0,
+        "mask": KEEP_CONTROL, "reference_mask": KEEP_CONTROL, "more_references": KEEP_CONTROL,
     }
+
+
+def test_the_knobs_are_written_and_pasted_back(webui) -> None:
+    """Strengths, layers and the weight as values; the masks and further references by their pixel hash."""
+    from PIL import Image
+
+    from rival_ext.image import pixel_hash
+    from rival_ext.webui.infotext import generation_params
+
+    script, components, _ = _built_panel(webui)
+    mask, other = Image.new("L", (8, 8), 128), Image.new("RGB", (8, 8), "red")
+    amounts = parse_named({"enabled": True, "preset": "style_only", "attention_strength": 0.5, "adain_strength": 0,
+                           "reference_weight": -1})
+    assert generation_params(amounts, "abc")["RIVAL"] == "style_only"  # how much, not which application
+    args = parse_named({"enabled": True, "preset": "style_only", "attention_strength": -0.25, "adain_strength": 0.5,
+                        "layers": ["output.1", "input.8"], "reference_weight": 0.75, "mask": mask,
+                        "reference_2": other, "weight_2": -0.5})
+    written = {k: str(v) for k, v in generation_params(args, "abc").items()}
+    assert written["RIVAL"] == "custom"
+    assert written["RIVAL mask"] == pixel_hash(mask) and "RIVAL reference mask" not in written
+    assert written["RIVAL references"] == f"{pixel_hash(other)}:-0.5"
+    pasted = {FIELDS[list(components.values()).index(c)]: (key(written) if callable(key) else written.get(key))
+              for c, key in script.infotext_fields}
+    assert {k: pasted[k] for k in ("attention_strength", "adain_strength", "layers", "reference_weight", "preset")} == {
+        "attention_strength": -0.25, "adain_strength": 0.5, "layers": "output.1, input.8", "reference_weight": 0.75,
+        "preset": "Custom"}
 
 
 def test_the_xyz_axes_are_the_tables(monkeypatch) -> None:

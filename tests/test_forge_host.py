@@ -14,9 +14,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from harness import FinalLatent, enabled, hook_count, pixels, txt2img, unet_of  # first: puts the stub on sys.path
-from modules import errors, processing, scripts, shared
-from modules.api import api
+from harness import (  # first: puts the stub on sys.path
+    apart,
+    close,
+    enabled,
+    generate,
+    hook_count,
+    pixels,
+    txt2img,
+    unet_of,
+)
+from modules import errors, scripts, shared
 
 from rival_ext import inversion
 
@@ -39,34 +47,6 @@ class Patching(scripts.Script):
         unet = p.sd_model.forge_objects.unet.clone()
         self.patch(unet)
         p.sd_model.forge_objects.unet = unet
-
-
-def generate(module, rival: dict | None, before=(), after=(), **settings) -> tuple[object, torch.Tensor]:
-    """txt2img with other extensions' scripts before and after RIVAL's (script order = callback order): the result
-    and the final latent (the tiny test UNet's attention moves latents more than 8-bit pixels)."""
-    p = processing.StableDiffusionProcessingTxt2Img(
-        prompt="a cat", negative_prompt="ugly", steps=settings.pop("steps", 6), width=64, height=64,
-        seed=settings.pop("seed", 3), sampler_name=settings.pop("sampler_name", "Euler"), cfg_scale=5, **settings)
-    final = FinalLatent()
-    runner = scripts.ScriptRunner([*before, module.RivalScript(), *after, final])
-    p.scripts = runner
-    p.is_api = True
-    p.script_args = api.init_script_args(runner, {"RIVAL": {"args": [rival or {"enabled": False}]}})
-    return processing.process_images(p), final.samples
-
-
-def difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest difference relative to the latent's scale. RIVAL's attention moves this tiny UNet's final latent by
-    about 4e-4 (AdaIN off); the same computation batched differently by about 3e-6."""
-    return float((a - b).abs().max()) / float(a.abs().max())
-
-
-def close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return difference(a, b) < 2e-5
-
-
-def apart(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return difference(a, b) > 1e-4
 
 
 def plain_attention(q, k, v, extra_options):

@@ -172,7 +172,10 @@ def test_an_infotext_with_default_values_pastes_every_field_back(webui):
         "enabled": False, "reference_image": image, "use_init_image": True, "preset": "Editing", "t_align": 450,
         "t_early": 350, "early_plain": 900, "reference_prompt": "custom text", "custom_prompt": "a dog",
         "init_latent": "seed noise", "apply_to_hires": True, "switch_rule": "paper (t <= t_align)", "adain": False,
-        "show_reconstruction": True, "official_settings": True,
+        "show_reconstruction": True, "official_settings": True, "attention_strength": 0.3, "adain_strength": 0.4,
+        "layers": "style", "reference_weight": -0.5, "reference_2": image, "weight_2": 0.2, "reference_3": None,
+        "weight_3": 0.7, "reference_4": None, "weight_4": 1.0, "mask": image, "reference_mask": image,
+        "more_references": None,
     }
     name_of = {id(component): name for name, component in components.items()}
     for (component, _), update in zip(script.infotext_fields, paste_values(script.infotext_fields, result.info)):
@@ -185,4 +188,7 @@ def test_an_infotext_with_default_values_pastes_every_field_back(webui):
         "custom_prompt": "a dog",  # read only with "custom text", which the paste has replaced
         # not in an infotext (the image by its hash only): the user's choice stays
         "reference_image": image, "use_init_image": True, "show_reconstruction": True, "official_settings": True,
+        "attention_strength": 1.0, "adain_strength": 1.0, "layers": "all", "reference_weight": 1.0,
+        "reference_2": image, "weight_2": 0.2, "reference_3": None, "weight_3": 0.7, "reference_4": None,
+        "weight_4": 1.0, "mask": image, "reference_mask": image, "more_references": None,
     }

@@ -19,9 +19,12 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..params import PRESETS, ReferencePrompt, RivalParams, preset, timestep_value
-from ..request import RivalInputError, RivalRequest
-from .fields import CUSTOM, FIELDS, PRESET_LABELS, TABLE, panel_value
+from ..params import PRESETS, STRENGTH_RANGE, ReferencePrompt, RivalParams, number_in, preset
+from ..request import MAX_MORE_REFERENCES, ExtraReference, RivalInputError, RivalRequest
+from .fields import CUSTOM, FIELDS, MORE_SLOTS, PRESET_LABELS, TABLE, panel_value
+
+AMOUNTS = ("attention_strength", "adain_strength", "reference_weight")  # how much, not which application
+EXTRA_KEYS = ("image", "weight", "mask")
 
 
 def panel_defaults(preset_name: str) -> dict[str, object]:
@@ -55,16 +58,16 @@ def parse_named(values: dict[str, object], positional: bool = False) -> RivalReq
     changes: dict[str, object] = {}
     for f in TABLE:
         value = values.get(f.name)
-        if f.kind == "image":
-            continue
+        if f.kind in ("image", "references") or (f.kind == "number" and not f.param):
+            continue  # the images and the further references' slots: below
         if f.kind == "preset":
             named[f.name] = _preset_name(values.get(f.name, "variation"))
         elif f.param and value is None:
             continue
         elif f.kind == "bool":
             (changes if f.param else named)[f.name] = _bool(values, f.name, f.default)
-        elif f.kind == "number":
-            changes[f.name] = _library(timestep_value, f.name, value)
+        elif f.kind in ("number", "layers"):
+            changes[f.name] = value  # RivalParams checks it (range, layer names)
         elif f.kind == "choice":
             changes[f.name] = _choice(value, f.name, f.choices)
         elif f.kind == "text":
@@ -75,16 +78,57 @@ def parse_named(values: dict[str, object], positional: bool = False) -> RivalReq
     params = _library(base.with_values, **changes)
     if not same_as_preset(params, base):
         named["preset"] = CUSTOM  # the infotext's preset must describe the values used
-    image = values.get("reference_image")
-    named["reference_image"] = decode_image(image) if named["enabled"] and image is not None else None
+    enabled = named["enabled"]
+    for name in ("reference_image", "mask", "reference_mask"):
+        image = values.get(name)
+        named[name] = decode_image(image, name) if enabled and image is not None else None
+    named["more_references"] = more_references(values) if enabled else ()
     return RivalRequest(params=params, **named)
 
 
+def more_references(values: dict[str, object]) -> tuple[ExtraReference, ...]:
+    """The further references: the API's ``more_references`` list, or the panel's slots 2 to 4."""
+    listed = values.get("more_references")
+    slots = [(n, values.get(f"reference_{n}"), values.get(f"weight_{n}")) for n in MORE_SLOTS]
+    if listed is None:
+        return tuple(ExtraReference(decode_image(image, f"reference_{n}"), _weight(f"weight_{n}", weight))
+                     for n, image, weight in slots if image is not None)
+    if any(image is not None for _, image, _ in slots):
+        raise RivalInputError("give the further references either as more_references or in the slots reference_2 "
+                              "to reference_4, not both")
+    if not isinstance(listed, (list, tuple)):
+        raise RivalInputError('more_references must be a list of {"image": base64, "weight": -1..1}, '
+                              f"got {type(listed).__name__}")
+    if len(listed) > MAX_MORE_REFERENCES:
+        raise RivalInputError(f"more_references takes at most {MAX_MORE_REFERENCES} further references, "
+                              f"got {len(listed)}")
+    out = []
+    for i, item in enumerate(listed):
+        name = f"more_references[{i}]"
+        if not isinstance(item, dict) or item.get("image") is None:
+            raise RivalInputError(f'{name} must be {{"image": base64, "weight": -1..1}}, got {item!r:.80}')
+        unknown = sorted(set(item) - set(EXTRA_KEYS))
+        if unknown:
+            raise RivalInputError(f"{name} has unknown key(s) {', '.join(map(repr, unknown))}; known: "
+                                  f"{', '.join(EXTRA_KEYS)}")
+        mask = item.get("mask")
+        out.append(ExtraReference(decode_image(item["image"], f"{name}.image"),
+                                  _weight(f"{name}.weight", item.get("weight")),
+                                  None if mask is None else decode_image(mask, f"{name}.mask")))
+    return tuple(out)
+
+
+def _weight(name: str, value: object) -> float:
+    return 1.0 if value is None else _library(number_in, name, value, STRENGTH_RANGE)
+
+
 def same_as_preset(params: RivalParams, base: RivalParams) -> bool:
-    """Whether ``params`` are the preset's (the custom text counts only when it is the reference text)."""
+    """Whether ``params`` are the preset's (the custom text counts only when it is the reference text; the
+    strengths and the reference weight say how much, not which application, and never count)."""
+    amounts = {name: getattr(base, name) for name in AMOUNTS}
     if params.reference_prompt is not ReferencePrompt.CUSTOM:
-        params = params.with_values(custom_prompt=base.custom_prompt)
-    return params == base
+        amounts["custom_prompt"] = base.custom_prompt
+    return params.with_values(**amounts) == base
 
 
 def _library(check: object, *args: object, **kwargs: object) -> object:
@@ -112,8 +156,8 @@ def _is_default(value: object, default: object) -> bool:
     return isinstance(value, (bool, numbers.Real, str)) and value == default
 
 
-def decode_image(value: object) -> Image.Image:
-    """A PIL image from PIL, a numpy array, a gradio dict, or base64 / a data URL (API)."""
+def decode_image(value: object, name: str = "reference_image") -> Image.Image:
+    """A PIL image from PIL, a numpy array, a gradio dict, or base64 / a data URL (API); errors name ``name``."""
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, np.ndarray):
@@ -121,8 +165,8 @@ def decode_image(value: object) -> Image.Image:
     if isinstance(value, dict):
         for key in ("image", "composite", "background"):
             if value.get(key) is not None:
-                return decode_image(value[key])
-        raise RivalInputError("reference_image: the dict holds no image")
+                return decode_image(value[key], name)
+        raise RivalInputError(f"{name}: the dict holds no image")
     if isinstance(value, str):
         text = value.split(",", 1)[1] if value.startswith("data:") else value
         try:
@@ -130,13 +174,13 @@ def decode_image(value: object) -> Image.Image:
             image = Image.open(io.BytesIO(raw))
             image.load()
         except (binascii.Error, ValueError):
-            raise RivalInputError("reference_image is not valid base64") from None
+            raise RivalInputError(f"{name} is not valid base64") from None
         except Image.DecompressionBombError:
-            raise RivalInputError("reference_image has too many pixels (over PIL's safety limit)") from None
+            raise RivalInputError(f"{name} has too many pixels (over PIL's safety limit)") from None
         except (UnidentifiedImageError, OSError):
-            raise RivalInputError("reference_image is not an image file (PNG, JPEG, WebP, ...)") from None
+            raise RivalInputError(f"{name} is not an image file (PNG, JPEG, WebP, ...)") from None
         return image
-    raise RivalInputError(f"reference_image must be an image or a base64 string, got {type(value).__name__}")
+    raise RivalInputError(f"{name} must be an image or a base64 string, got {type(value).__name__}")
 
 
 def _preset_name(value: object) -> str:

@@ -13,7 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
 
-from ..params import PRESETS, TIMESTEP_MAX, InitLatent, Preset, ReferencePrompt, RivalParams, SwitchRule
+from ..image import pixel_hash
+from ..params import (
+    ADAIN_STRENGTH_RANGE,
+    PRESETS,
+    STRENGTH_RANGE,
+    TIMESTEP_MAX,
+    InitLatent,
+    Preset,
+    ReferencePrompt,
+    RivalParams,
+    SwitchRule,
+)
 from ..request import RivalRequest
 
 CUSTOM = "custom"
@@ -46,7 +57,7 @@ class Field:
     """
 
     name: str
-    kind: str  # bool | image | preset | number | choice | text
+    kind: str  # bool | image | preset | number | choice | text | layers | references
     label: str
     hint: str
     default: object = FROM_PRESET
@@ -115,6 +126,37 @@ SWITCH_RULE_LABELS = {
 PRESET_LABELS = {p.title: name for name, p in PRESETS.items()} | {"Custom": CUSTOM}
 TIMESTEPS = (0.0, TIMESTEP_MAX)
 
+def _amount(key: str) -> Callable[[dict], object]:
+    """Paste-back of a strength or weight: its value, 1 where the infotext has none (written only when not 1)."""
+    def read(d: dict) -> object:
+        try:
+            return float(d.get(key, 1.0))
+        except (TypeError, ValueError):
+            return KEEP
+
+    return read
+
+
+def _written_amount(value: float) -> object:
+    return None if value == 1.0 else _number(value)
+
+
+def _extra_slots(a: RivalRequest) -> object:
+    if not a.more_references:
+        return None
+    return ", ".join(f"{pixel_hash(r.image)}:{_number(r.weight)}" for r in a.more_references)
+
+
+def _hash_of(image: object) -> object:
+    return None if image is None else pixel_hash(image)
+
+
+def _keep(_d: dict) -> object:
+    """Paste-back of an image: the infotext records it by hash only; re-add it yourself."""
+    return KEEP
+
+
+MORE_SLOTS = (2, 3, 4)  # the panel's further reference slots (the API's more_references, in order)
 TABLE: tuple[Field, ...] = (
     Field(
         "enabled", "bool", "RIVAL",
@@ -215,7 +257,60 @@ TABLE: tuple[Field, ...] = (
         "otherwise), 50 steps and the DDIM sampler.",
         default=False,
     ),
+    Field(
+        "attention_strength", "number", "Attention strength",
+        "How much the reference's attention replaces the image's own: 1 the paper's RIVAL, 0 the image's own "
+        "attention, below 0 away from the reference (more diverse).",
+        default=1.0, range=STRENGTH_RANGE, info=True, key="RIVAL attention strength",
+        write=lambda a: _written_amount(a.params.attention_strength), read=_amount("RIVAL attention strength"),
+        axis=("[RIVAL] Attention strength", float, float, None),
+    ),
+    Field(
+        "adain_strength", "number", "AdaIN strength",
+        "How much the noise statistics follow the reference's (step-wise normalization): 1 fully, 0 not at all.",
+        default=1.0, range=ADAIN_STRENGTH_RANGE, info=True, key="RIVAL AdaIN strength",
+        write=lambda a: _written_amount(a.params.adain_strength), read=_amount("RIVAL AdaIN strength"),
+        axis=("[RIVAL] AdaIN strength", float, float, None),
+    ),
+    Field(
+        "layers", "layers", "Layers",
+        "Which self-attention layers follow the reference: all, style (look only), layout (composition only), or "
+        "block names such as input.8, middle.0, output.1.2 (see README).",
+        choices={"all": "all", "style": "style", "layout": "layout"}, info=True, key="RIVAL layers",
+        write=lambda a: None if a.params.layers == "all" else a.params.layers,
+        read=lambda d: d.get("RIVAL layers", "all"),
+        axis=("[RIVAL] Layers", str, str, lambda: ["all", "style", "layout"]),
+    ),
+    Field(
+        "reference_weight", "number", "Reference weight",
+        "The reference's weight among several references (-1 to 1; 0 leaves it out, below 0 pushes away from it).",
+        default=1.0, range=STRENGTH_RANGE, key="RIVAL reference weight",
+        write=lambda a: _written_amount(a.params.reference_weight), read=_amount("RIVAL reference weight"),
+    ),
+    *(field for n in MORE_SLOTS for field in (
+        Field(f"reference_{n}", "image", f"Reference {n}", f"A further reference image (slot {n}).", default=None),
+        Field(f"weight_{n}", "number", f"Weight of reference {n}",
+              f"Reference {n}'s weight (-1 to 1; 0 leaves it out, below 0 pushes away from it).",
+              default=1.0, range=STRENGTH_RANGE),
+    )),
+    Field(
+        "mask", "image", "Where RIVAL acts",
+        "A mask over the generated image: white follows the reference, black keeps the model's own attention "
+        "and statistics, grey in between. Empty: everywhere.",
+        default=None, key="RIVAL mask", write=lambda a: _hash_of(a.mask), read=_keep,
+    ),
+    Field(
+        "reference_mask", "image", "Part of the reference",
+        "A mask over the reference: only its white part gives keys, values and statistics. Empty: all of it.",
+        default=None, key="RIVAL reference mask", write=lambda a: _hash_of(a.reference_mask), read=_keep,
+    ),
+    Field(
+        "more_references", "references", "More references",
+        "API: up to 3 further references, [{\"image\": base64, \"weight\": -1..1, \"mask\": base64 (optional)}].",
+        default=None, key="RIVAL references", write=_extra_slots, read=_keep,
+    ),
 )
+
 
 FIELD: dict[str, Field] = {f.name: f for f in TABLE}
 FIELDS: tuple[str, ...] = tuple(FIELD)
@@ -227,6 +322,13 @@ EXTRA_TITLES = {
     "Use the official CFG, steps and sampler": "Set this tab's CFG scale, steps and sampler to the paper's "
     "settings for the chosen preset (5 or 7, 50 steps, DDIM).",
 }
+BUTTONS = {"use_result": "Use the selected result", "use_official": "Use the official CFG, steps and sampler"}
+
+
+def titled_by_id() -> dict[str, str]:
+    """Element-id suffix -> ``titles`` key of the controls hints.js cannot match by their text (an image's label is
+    a DIV, a button's text carries a leading space): rival.js gives them their tooltip."""
+    return {f.name: f.label for f in TABLE if f.kind == "image"} | BUTTONS
 
 
 def panel_value(f: Field, base: Preset) -> object:
@@ -257,6 +359,8 @@ def titles_js() -> str:
         "        window.titles = {};\n"
         "    }\n"
         f"    Object.assign(titles, {json.dumps(titles(), indent=8, ensure_ascii=False)[:-1]}    }});\n"
+        "    // element-id suffix -> titles key, for the controls hints.js cannot match (rival.js)\n"
+        f"    window.rivalTitledById = {json.dumps(titled_by_id(), indent=8, ensure_ascii=False)[:-1]}    }};\n"
         "})();\n"
     )
 

@@ -17,7 +17,7 @@ import gradio as gr
 
 from ..params import PRESETS, ReferencePrompt, preset
 from .args import panel_defaults, parse_named, same_as_preset
-from .fields import FIELD, FIELDS, KEEP, PRESET_LABELS, PRESET_OUTPUTS, TABLE, panel_value
+from .fields import FIELD, FIELDS, KEEP, MORE_SLOTS, PRESET_LABELS, PRESET_OUTPUTS, TABLE, panel_value
 from .official import official_settings
 
 # A1111's controls (elem_id after the tab name) that "Use the official ..." sets, and the p attribute of each.
@@ -69,7 +69,7 @@ def _props(name: str, values: dict[str, object], elem: object) -> dict[str, obje
     if f.choices is not None:
         props["choices"] = list(f.choices)
     if f.range is not None:
-        props.update(minimum=f.range[0], maximum=f.range[1], step=1)
+        props.update(minimum=f.range[0], maximum=f.range[1], step=1 if f.range[1] > 1 else 0.05)
     return props
 
 
@@ -89,6 +89,9 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
                 preset_box = gr.Dropdown(**_preset_props(is_img2img, values, elem))
                 use_init_image = gr.Checkbox(visible=is_img2img, **_props("use_init_image", values, elem))
                 apply_to_hires = gr.Checkbox(visible=not is_img2img, **_props("apply_to_hires", values, elem))
+        with gr.Row():
+            attention_strength = gr.Slider(**_props("attention_strength", values, elem))
+            adain_strength = gr.Slider(**_props("adain_strength", values, elem))
         t_align = gr.Slider(**_props("t_align", values, elem))
         t_early = gr.Slider(**_props("t_early", values, elem))
         early_plain = gr.Slider(**_props("early_plain", values, elem))
@@ -96,17 +99,32 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
         custom_prompt = gr.Textbox(lines=1, visible=_is_custom(values["reference_prompt"]),
                                    **_props("custom_prompt", values, elem))
         init_latent = gr.Radio(**_props("init_latent", values, elem))
+        layers = gr.Dropdown(allow_custom_value=True, **_props("layers", values, elem))
+        with gr.Accordion("More references", open=False):
+            reference_weight = gr.Slider(**_props("reference_weight", values, elem))
+            slots = {}
+            for n in MORE_SLOTS:
+                with gr.Row():
+                    slots[f"reference_{n}"] = gr.Image(type="pil", **LOSSLESS, **_props(f"reference_{n}", values, elem))
+                    slots[f"weight_{n}"] = gr.Slider(**_props(f"weight_{n}", values, elem))
+        with gr.Accordion("Masks", open=False), gr.Row():
+            mask = gr.Image(type="pil", image_mode="L", **LOSSLESS, **_props("mask", values, elem))
+            reference_mask = gr.Image(type="pil", image_mode="L", **LOSSLESS, **_props("reference_mask", values, elem))
         with gr.Accordion("Advanced", open=False):
             switch_rule = gr.Radio(**_props("switch_rule", values, elem))
             adain = gr.Checkbox(**_props("adain", values, elem))
             show_reconstruction = gr.Checkbox(**_props("show_reconstruction", values, elem))
         official_settings = gr.Checkbox(visible=False, **_props("official_settings", values, elem))  # API only
+        more_references = gr.JSON(visible=False, **_props("more_references", values, elem))  # API only
     components = {
         "enabled": enabled, "reference_image": reference_image, "use_init_image": use_init_image,
         "preset": preset_box, "t_align": t_align, "t_early": t_early, "early_plain": early_plain,
         "reference_prompt": reference_prompt, "custom_prompt": custom_prompt, "init_latent": init_latent,
         "apply_to_hires": apply_to_hires, "switch_rule": switch_rule, "adain": adain,
         "show_reconstruction": show_reconstruction, "official_settings": official_settings,
+        "attention_strength": attention_strength, "adain_strength": adain_strength, "layers": layers,
+        "reference_weight": reference_weight, **slots, "mask": mask, "reference_mask": reference_mask,
+        "more_references": more_references,
     }
     # .input fires on the user's own changes only: a pasted infotext (which sets the preset and every
     # value) must not be overwritten by the preset's defaults, nor switch the preset to Custom.
