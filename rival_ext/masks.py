@@ -30,12 +30,15 @@ def latent_mask(image: Image.Image | None, width: int, height: int) -> Tensor | 
 
 
 def at_tokens(mask: Tensor, tokens: int) -> Tensor:
-    """The mask averaged onto a layer whose grid has ``tokens`` positions (the latent grid, 2x, 4x, ... coarser)."""
+    """The mask averaged onto a layer whose grid has ``tokens`` positions: the latent grid, or one the UNet halved
+    once or more (rounding up, as its stride-2 convolutions do for a size that is not a multiple of 64 pixels)."""
     h, w = mask.shape
-    factor = math.isqrt(h * w // tokens) if tokens else 0
-    if factor < 1 or (h // factor) * (w // factor) != tokens:
+    factor = 1
+    while factor <= max(h, w) and math.ceil(h / factor) * math.ceil(w / factor) > tokens:
+        factor *= 2
+    if math.ceil(h / factor) * math.ceil(w / factor) != tokens:
         raise ValueError(f"a layer of {tokens} tokens does not tile the {h}x{w} latent grid")
-    return torch.nn.functional.avg_pool2d(mask[None, None], factor)[0, 0].flatten()
+    return torch.nn.functional.avg_pool2d(mask[None, None], factor, ceil_mode=True)[0, 0].flatten()
 
 
 def kept_tokens(mask: Tensor, tokens: int) -> Tensor:

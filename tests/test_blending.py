@@ -17,6 +17,7 @@ from conftest import make_unet, text
 from rival_ext.adain import adain, adain_to, normalizer, statistics
 from rival_ext.attention import AttentionPlan, SelfAttentionInjector, Term, block_key, find_self_attention
 from rival_ext.layers import layer_choice, selected_layers
+from rival_ext.masks import at_tokens
 from rival_ext.params import AttentionMode, RivalParams
 
 EQUAL = 1e-12
@@ -232,3 +233,20 @@ def test_strength_zero_attends_plainly_at_every_t():
     params = RivalParams(attention_strength=0.0)
     assert {params.attention_mode(t) for t in (999.0, 700.0, 300.0, 1.0)} == {AttentionMode.PLAIN}
     assert RivalParams().attention_mode(300.0) is AttentionMode.CONCAT
+
+
+@pytest.mark.parametrize(("size", "tokens"), [((8, 8), 64), ((8, 8), 16), ((8, 8), 4), ((65, 63), 33 * 32),
+                                               ((65, 63), 17 * 16), ((65, 63), 9 * 8)])
+def test_a_mask_reaches_every_layer_grid_of_any_size(size, tokens):
+    """A generation of 520x504 px has a 65x63 latent; the UNet's stride-2 layers round up: 33x32, 17x16, 9x8."""
+    g = torch.Generator().manual_seed(7)
+    mask = torch.rand(size, generator=g, dtype=torch.float64)
+    h, w = size
+    factor = 1
+    while -(-h // factor) * -(-w // factor) != tokens:
+        factor *= 2
+    expected = [[float(mask[i:i + factor, j:j + factor].mean()) for j in range(0, w, factor)]
+                for i in range(0, h, factor)]
+    assert gap(at_tokens(mask, tokens), torch.tensor(expected, dtype=torch.float64).flatten()) < EQUAL
+    with pytest.raises(ValueError, match="does not tile"):
+        at_tokens(mask, tokens + 1)
