@@ -417,6 +417,10 @@ def test_every_control_has_its_tooltip(page, app, tab):
     for accordion in ("More references", "Masks", "Advanced"):
         header = f"//*[@id='{app.id('rival', tab)}']//span[normalize-space(text())='{accordion}']"
         page.find_element("xpath", header).click()
+    shot = os.environ.get("RIVAL_PANEL_SCREENSHOT")  # README's picture: the open panel as a user sees it
+    if shot and tab == "txt2img":
+        time.sleep(1)
+        page.find_element("id", app.id("rival", tab)).screenshot(shot)
     hints = titles()
     assert set(hints) == {FIELD[name].label for name in FIELDS} | set(EXTRA_TITLES)
     controls = {name: FIELD[name].label for name in FIELDS if tab in SHOWN_ON.get(name, (tab,))}

@@ -41,8 +41,6 @@ def parse_args(args: Sequence[object], default_preset: str = "variation") -> Riv
     if len(args) >= 1 and isinstance(args[0], dict):
         _check_padding(args[1:], panel_defaults(default_preset))
         return parse_named(args[0])
-    if len(args) > len(FIELDS):
-        raise RivalInputError(f"expected at most {len(FIELDS)} positional values, got {len(args)}")
     return parse_named(dict(zip(FIELDS, args)), positional=True)
 
 
@@ -140,9 +138,8 @@ def _library(check: object, *args: object, **kwargs: object) -> object:
 
 
 def _check_padding(rest: Sequence[object], defaults: dict[str, object]) -> None:
-    """Refuse values after the API dict other than the panel defaults A1111 fills in there."""
-    if len(rest) > len(FIELDS) - 1:
-        raise RivalInputError(f"expected at most {len(FIELDS)} args, got {len(rest) + 1}")
+    """Refuse values after the API dict other than the panel defaults A1111 fills in there (the WebUIs hand a
+    script exactly its own slots, never more)."""
     for position, (name, value) in enumerate(zip(FIELDS[1:], rest), start=2):
         if not _is_default(value, defaults[name]):
             raise RivalInputError(

@@ -20,6 +20,8 @@ from .args import panel_defaults, parse_named, same_as_preset
 from .fields import FIELD, FIELDS, KEEP, MORE_SLOTS, PRESET_LABELS, PRESET_OUTPUTS, TABLE, panel_value
 from .official import official_settings
 
+SLOT_HEIGHT = 180  # px: the further references' and the masks' image boxes, smaller than the main reference's
+
 # A1111's controls (elem_id after the tab name) that "Use the official ..." sets, and the p attribute of each.
 SAMPLING_CONTROLS = {"steps": "steps", "cfg_scale": "cfg_scale", "sampling": "sampler_name", "scheduler": "scheduler"}
 # The controls whose value a preset fixes: moving one by hand makes the panel's preset "Custom".
@@ -105,11 +107,13 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
             slots = {}
             for n in MORE_SLOTS:
                 with gr.Row():
-                    slots[f"reference_{n}"] = gr.Image(type="pil", **LOSSLESS, **_props(f"reference_{n}", values, elem))
+                    slots[f"reference_{n}"] = gr.Image(type="pil", height=SLOT_HEIGHT, **LOSSLESS,
+                                                       **_props(f"reference_{n}", values, elem))
                     slots[f"weight_{n}"] = gr.Slider(**_props(f"weight_{n}", values, elem))
         with gr.Accordion("Masks", open=False), gr.Row():
-            mask = gr.Image(type="pil", image_mode="L", **LOSSLESS, **_props("mask", values, elem))
-            reference_mask = gr.Image(type="pil", image_mode="L", **LOSSLESS, **_props("reference_mask", values, elem))
+            mask = gr.Image(type="pil", image_mode="L", height=SLOT_HEIGHT, **LOSSLESS, **_props("mask", values, elem))
+            reference_mask = gr.Image(type="pil", image_mode="L", height=SLOT_HEIGHT, **LOSSLESS,
+                                      **_props("reference_mask", values, elem))
         with gr.Accordion("Advanced", open=False):
             switch_rule = gr.Radio(**_props("switch_rule", values, elem))
             adain = gr.Checkbox(**_props("adain", values, elem))
