@@ -7,13 +7,21 @@ with the chain from ``ChainCache``; batch 4; a first image inverted on a coarse 
 official scheme (4 rows per step) for comparison. Schemes alternate inside each run, so drift hits
 them alike, and medians over the runs are reported with ratios to plain generation of the same batch.
 
+Issue 16's schemes are repeats with its settings (attention strength 0.5, AdaIN strength 0.5, two and
+four weighted references, layers "style", a mask of where RIVAL acts), also against today's repeat.
+Every scheme that claims a path is checked after each run: a probe counts each self-attention layer's
+forwards (the blend's extra attentions included), the rows of the UNet calls and the weighted AdaIN
+steps, so that a scheme that silently ran another path stops the benchmark.
+
   python bench/bench_rival.py --tiny                                    # seconds, CPU (the CI smoke run)
   python bench/bench_rival.py --device cuda --arch both --steps 30 --runs 3 --out results.md
+  python bench/bench_rival.py --schemes plain1,repeat,strength,adain,refs2,refs4,style,mask   # issue 16 only
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import math
 import os
@@ -45,6 +53,7 @@ from rival_ext import (
     KDenoiser,
     Reference,
     RivalParams,
+    RivalSession,
     RivalUNet,
     SelfAttentionInjector,
     UNetEps,
@@ -55,9 +64,11 @@ from rival_ext import (
     sample_euler,
     vp_scale,
 )
+from rival_ext.attention import block_key, find_self_attention
 from rival_ext.chain import coarse_schedule
 from rival_ext.chain_cache import ChainCache
 from rival_ext.feature_cache import FeatureCache
+from rival_ext.layers import selected_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,6 +104,7 @@ TOKENS = 77
 CFG_SCALE = 7.0
 TARGETS = {"first": 1.8, "repeat": 1.15, "batch4": 1.10, "features": 1.08, "memory": 1.10}
 GIB = 2**30
+MORE_REFS = 3  # further references of the four-reference scheme
 
 
 # ----------------------------------------------------------------------------- models
@@ -222,6 +234,84 @@ class PeakMemory:
         return None if self.peak is None or self.start is None else self.peak - self.start
 
 
+class Probe:
+    """What a generation did, counted cheaply, so that a scheme cannot silently run another path.
+
+    Each self-attention layer's forward is wrapped (an instance attribute, as A1111's optimisations
+    set it; the injector finds the wrapped signature): it counts every attention the layer computes,
+    the blend's extra attentions too (``blended_output`` calls the layer's forward directly), and
+    those given a context (the injector's rewritten context, or a blend term's reference keys), with
+    their rows and, on CPU, their time. A forward hook on the UNet, put on before RIVAL's row hook,
+    sees each call's rows with the reference rows still in. ``normalized`` counts the AdaIN steps
+    that went to a weighted ``normalizer`` (``count_normalized`` is put on a generation's router).
+    """
+
+    def __init__(self, unet: nn.Module, timed: bool) -> None:
+        self.timed = timed
+        self.layers = find_self_attention(unet)
+        for layer in self.layers:
+            layer.module.forward = self._counted(layer.module.forward, layer.context_name, layer.context_position)
+        unet.register_forward_hook(self._call)
+        self.reset()
+
+    def reset(self) -> None:
+        self.forwards = self.contextual = self.normalized = 0
+        self.call_rows: set[int] = set()
+        self.context_rows: set[int] = set()
+        self.seconds = self.context_seconds = 0.0
+
+    def _counted(self, forward: Callable[..., Tensor], name: str, position: int) -> Callable[..., Tensor]:
+        @functools.wraps(forward)
+        def counted(*args: Any, **kwargs: Any) -> Tensor:
+            context = args[position] if len(args) > position else kwargs.get(name)
+            start = time.perf_counter() if self.timed else 0.0
+            out = forward(*args, **kwargs)
+            seconds = time.perf_counter() - start if self.timed else 0.0
+            self.forwards += 1
+            self.seconds += seconds
+            if context is not None:
+                self.contextual += 1
+                self.context_seconds += seconds
+                self.context_rows.add(out.shape[0])
+            return out
+
+        return counted
+
+    def _call(self, _module: nn.Module, _args: tuple, output: Tensor) -> None:
+        self.call_rows.add(output.shape[0])
+
+    def count_normalized(self, session: RivalSession) -> None:
+        """Count the steps whose AdaIN target is a weighted ``normalizer`` (not the paper's single eps)."""
+        router = session.rows
+        target = router.adain_target
+
+        def counted(evaluation: Any) -> Any:
+            out = target(evaluation)
+            self.normalized += callable(out)
+            return out
+
+        router.adain_target = counted
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What one generation of a scheme must have done (``Probe``), per UNet call and in all."""
+
+    forwards: int  # self-attention forwards per UNet call (the blend's extra attentions included)
+    contextual: int  # of which with a context: rewritten layers, or one per blend term and acting layer
+    rows: int  # rows of every UNet call (reference rows included)
+    context_rows: int | None  # rows of the forwards with a context (None: there are none)
+    normalized: int = 0  # AdaIN steps towards a weighted normalizer, in all
+
+    def check(self, key: str, probe: Probe, calls: int) -> None:
+        got = (probe.forwards, probe.contextual, probe.call_rows, probe.context_rows, probe.normalized)
+        want = (calls * self.forwards, calls * self.contextual, {self.rows},
+                set() if self.context_rows is None else {self.context_rows}, self.normalized)
+        if got != want:
+            raise RuntimeError(f"scheme {key} did not run the path it claims: (self-attention forwards, with a "
+                               f"context, call rows, context rows, weighted AdaIN steps) = {got}, expected {want}")
+
+
 # ----------------------------------------------------------------------------- the generations
 
 
@@ -245,6 +335,12 @@ class Bench:
     chains: dict[int, InversionChain] = field(default_factory=dict)  # last chain per inversion step count
     inversion_s: tuple[float, float] = (0.0, 0.0)  # wall and CPU time of the last inversion
     features: FeatureCache | None = None  # reference features recorded for the "features" scheme
+    more_z0: list[Tensor] = field(default_factory=list)  # further references' latents (issue 16)
+    more_cache: ChainCache = field(default_factory=lambda: ChainCache(max_entries=8))  # their chains, kept
+    tiny: bool = False
+
+    def __post_init__(self) -> None:
+        self.probe = Probe(self.unet, timed=self.device.type == "cpu")
 
     @property
     def model(self) -> UNetEps:
@@ -254,27 +350,37 @@ class Bench:
     def steps(self) -> int:
         return len(self.sigmas) - 1
 
-    def chain(self, invert_sigmas: Tensor, cached: bool | None = None) -> InversionChain:
-        """The chain through the cache, as the extension gets it; ``cached`` asserts a hit or a miss."""
+    def chain(self, invert_sigmas: Tensor, cached: bool | None = None, more: int | None = None) -> InversionChain:
+        """The chain through the cache, as the extension gets it; ``cached`` asserts a hit or a miss.
+        ``more``: the chain of that further reference (issue 16), from a cache the other schemes keep."""
+        z0, cache = (self.z0, self.cache) if more is None else (self.more_z0[more], self.more_cache)
         key = (
             self.arch,
-            hashlib.sha256(self.z0.float().cpu().numpy().tobytes()).hexdigest(),
+            hashlib.sha256(z0.float().cpu().numpy().tobytes()).hexdigest(),
             tuple(round(float(s), 7) for s in invert_sigmas),
             "",
             str(self.dtype),
         )
-        chain = self.cache.get(key)
+        chain = cache.get(key)
         if cached is not None and cached != (chain is not None):
             raise RuntimeError(f"expected a chain cache {'hit' if cached else 'miss'}")
         if chain is None:
             _sync(self.device)
             start, cpu = time.perf_counter(), time.process_time()
-            chain = invert(self.z0, KDenoiser(self.model, self.schedule, self.ref), invert_sigmas)
+            chain = invert(z0, KDenoiser(self.model, self.schedule, self.ref), invert_sigmas)
             _sync(self.device)
             self.inversion_s = (time.perf_counter() - start, time.process_time() - cpu)
-            self.cache.put(key, chain)
-            self.chains[len(invert_sigmas) - 1] = chain
+            cache.put(key, chain)
+            if more is None:
+                self.chains[len(invert_sigmas) - 1] = chain
         return chain
+
+    def cache_chains(self, more: int = 0) -> None:
+        """Untimed: the reference's chain (and ``more`` further references') in the cache, for a repeat that
+        runs without the first image before it (``--schemes``); a hit when it did run."""
+        self.chain(self.sigmas)
+        for k in range(more):
+            self.chain(self.sigmas, more=k)
 
     def plain(self, batch: int) -> Tensor:
         """Plain Euler with CFG: sample_euler's loop without RIVAL, 2B rows per UNet call."""
@@ -297,16 +403,32 @@ class Bench:
 
     def rival(
         self, batch: int, invert_steps: int | None = None, cached: bool | None = None,
-        features: FeatureCache | None = None,
+        features: FeatureCache | None = None, params: RivalParams | None = None, more: tuple[float, ...] = (),
+        where: Tensor | None = None,
     ) -> Tensor:
-        """A RIVAL generation (library driver): 1 + 2B rows per UNet call, chain from the cache or inverted."""
+        """A RIVAL generation (library driver): 1 + 2B rows per UNet call, chain from the cache or inverted.
+
+        Issue 16: ``params`` (strengths, reference weight, layers), ``more`` further references' weights (their
+        chains from the cache; the null prompt, so one row each) and ``where`` (latent grid) go to the session
+        as the job gives them (``AlignmentSpec``): all references, the mask, the layers resolved on this UNet.
+        """
+        params = params or self.params
         invert_sigmas = self.sigmas if invert_steps is None else coarse_schedule(self.sigmas, invert_steps)
         chain = self.chain(invert_sigmas, cached)
-        x = initial_latents(chain.top, list(range(batch)), self.params.init_latent)
+        x = initial_latents(chain.top, list(range(batch)), params.init_latent)
         x = x.to(self.device, self.dtype)
         with SelfAttentionInjector(self.unet) as injector:
-            reference = Reference(chain, cond=self.ref, uncond=self.ref)
-            rival = RivalUNet(self.model, injector, self.params, reference, features)
+            reference = Reference(chain, cond=self.ref, uncond=self.ref, weight=params.reference_weight)
+            rival = RivalUNet(self.model, injector, params, reference, features)
+            if more or where is not None or params.layers != "all" or params.reference_weight != 1.0:
+                # RivalUNet takes the one reference; further references, the mask and the layers are the session's
+                more_refs = [Reference(self.chain(invert_sigmas, cached, more=k), self.ref, self.ref, weight)
+                             for k, weight in enumerate(more)]
+                selected = (None if params.layers == "all"  # diffusers' layers (SDXL here) have no block names
+                            else selected_layers(params.layers, injector.keys, self.arch == "sdxl"))
+                rival.session = RivalSession(self.unet, params, (reference, *more_refs), self.model.parameterization,
+                                             features, injector=injector, where=where, selected=selected)
+            self.probe.count_normalized(rival.session)
             return sample_euler(
                 rival, self.schedule, x, self.sigmas, self.cond.repeat(batch), self.uncond.repeat(batch), CFG_SCALE
             )
@@ -377,7 +499,10 @@ def make_bench(arch: str, args: argparse.Namespace, device: torch.device, dtype:
     z0 = torch.randn(1, 4, latent, latent, generator=gen).to(device, dtype)
     noise = torch.randn(4, 4, latent, latent, generator=gen).to(device, dtype)
     cond, uncond, ref = text(), text(), text()
-    return Bench(arch, unet, schedule, schedule.ddim_sigmas(steps), device, dtype, z0, noise, cond, uncond, ref)
+    more_gen = torch.Generator().manual_seed(2)  # its own stream: the draws above stay as they were
+    more_z0 = [torch.randn(1, 4, latent, latent, generator=more_gen).to(device, dtype) for _ in range(MORE_REFS)]
+    return Bench(arch, unet, schedule, schedule.ddim_sigmas(steps), device, dtype, z0, noise, cond, uncond, ref,
+                 more_z0=more_z0, tiny=args.tiny)
 
 
 # ----------------------------------------------------------------------------- schemes and report
@@ -391,21 +516,30 @@ class Scheme:
     calls: str  # UNet calls x rows, for the table
     run: Callable[[], Tensor]
     prepare: Callable[[], None] = lambda: None
+    expect: Expect | None = None  # what each generation must have done (checked after every run)
+    group: str = "main"  # "issue16": its own table, also against the RIVAL repeat
+
+
+ISSUE16 = ("strength", "adain", "refs2", "refs4", "style", "mask")
+SCHEMES = ("plain1", "first", "repeat", *ISSUE16, "features", "separate", "plain4", "batch4", "coarse", "official")
 
 
 def schemes(b: Bench, coarse: list[int]) -> list[Scheme]:
-    n = b.steps
+    n, layers = b.steps, len(b.probe.layers)
     out = [
-        Scheme("plain1", "plain, batch 1", None, f"{n}x2", lambda: b.plain(1)),
+        Scheme("plain1", "plain, batch 1", None, f"{n}x2", lambda: b.plain(1), expect=Expect(layers, 0, 2, None)),
         Scheme("first", "RIVAL first image (inversion included)", "plain1", f"{n}x1 + {n}x3",
                lambda: b.rival(1, cached=False), b.cache.clear),
-        Scheme("repeat", "RIVAL repeat (chain cached)", "plain1", f"{n}x3", lambda: b.rival(1, cached=True)),
+        Scheme("repeat", "RIVAL repeat (chain cached)", "plain1", f"{n}x3", lambda: b.rival(1, cached=True),
+               b.cache_chains, Expect(layers, layers, 3, 3)),
+        *issue16_schemes(b),
         Scheme("features", "RIVAL repeat, reference-feature cache", "plain1", f"{n}x2",
                lambda: b.rival(1, cached=True, features=b.features), b.record_features),
         Scheme("separate", "RIVAL repeat, reference in a separate pass (ControlNet present)", "plain1",
-               f"{n}x1 + {n}x2", b.rival_separate),
+               f"{n}x1 + {n}x2", b.rival_separate, b.cache_chains),
         Scheme("plain4", "plain, batch 4", None, f"{n}x8", lambda: b.plain(4)),
-        Scheme("batch4", "RIVAL batch 4 (chain cached)", "plain4", f"{n}x9", lambda: b.rival(4, cached=True)),
+        Scheme("batch4", "RIVAL batch 4 (chain cached)", "plain4", f"{n}x9", lambda: b.rival(4, cached=True),
+               b.cache_chains),
     ]
     for k in coarse:
         out.append(Scheme(f"coarse{k}", f"RIVAL first image, inversion on {k} steps", "plain1", f"{k}x1 + {n}x3",
@@ -415,6 +549,63 @@ def schemes(b: Bench, coarse: list[int]) -> list[Scheme]:
     return out
 
 
+def issue16_schemes(b: Bench) -> list[Scheme]:
+    """Repeats (chains cached, batch 1, the null reference prompt: one row per reference) with issue 16's
+    settings. A blended plan computes each acting layer's plain attention for all rows and one more per
+    reference term for the 2 generated rows; a layer choice rewrites the context of its layers only."""
+    n, layers = b.steps, len(b.probe.layers)
+    timesteps = [float(b.schedule.sigma_to_t(float(sigma))) for sigma in b.sigmas[:-1]]
+
+    def adain_steps(params: RivalParams) -> int:
+        return sum(params.adain_active(t) for t in timesteps)
+
+    def repeat(key: str, label: str, rows: int, expect: Expect, params: RivalParams, more: tuple[float, ...] = (),
+               where: Tensor | None = None) -> Scheme:
+        return Scheme(key, label, "plain1", f"{n}x{rows}",
+                      lambda: b.rival(1, cached=True, params=params, more=more, where=where),
+                      lambda: b.cache_chains(len(more)), expect, "issue16")
+
+    strength = RivalParams(attention_strength=0.5)
+    adain = RivalParams(adain_strength=0.5, t_early=0.0)  # AdaIN at every step (t > 0), blended at 0.5
+    two, four = RivalParams(reference_weight=0.5), RivalParams(reference_weight=0.25)
+    h, w = b.z0.shape[-2:]
+    half = torch.zeros(h, w)
+    half[:, : w // 2] = 1.0  # RIVAL acts on the left half
+    out = [
+        repeat("strength", "RIVAL repeat, attention strength 0.5 (blended)", 3, Expect(2 * layers, layers, 3, 2),
+               strength),
+        repeat("adain", "RIVAL repeat, AdaIN strength 0.5 at every step (t_early 0)", 3,
+               Expect(layers, layers, 3, 3, adain_steps(adain)), adain),
+        repeat("refs2", "RIVAL repeat, 2 references (weights 0.5, 0.5)", 4,
+               Expect(3 * layers, 2 * layers, 4, 2, adain_steps(two)), two, (0.5,)),
+        repeat("refs4", f"RIVAL repeat, {1 + MORE_REFS} references (weights 0.25 each)", 2 + 1 + MORE_REFS,
+               Expect((2 + MORE_REFS) * layers, (1 + MORE_REFS) * layers, 2 + 1 + MORE_REFS, 2,
+                      adain_steps(four)), four, (0.25,) * MORE_REFS),
+    ]
+    choice = style_choice(b)
+    if choice is not None:
+        style = RivalParams(layers=choice)
+        acting = len(selected_layers(choice, [block_key(layer.name) for layer in b.probe.layers], False))
+        name = "style" if choice == "style" else f"{choice} (the tiny UNet's upper output blocks)"
+        out.append(repeat("style", f'RIVAL repeat, layers "{name}" ({acting} of {layers} layers)', 3,
+                          Expect(layers, acting, 3, 3), style))
+    out.append(repeat("mask", "RIVAL repeat, mask: RIVAL on half the image (blended, strength 1)", 3,
+                      Expect(2 * layers, layers, 3, 2, adain_steps(RivalParams())), RivalParams(), where=half))
+    return out
+
+
+def style_choice(b: Bench) -> str | None:
+    """The layer choice of the "style" scheme: SD1.5's style blocks (output.6 .. output.11); on the tiny UNet,
+    which has no such blocks, the upper half of its output blocks; none on SDXL, whose diffusers layers do not
+    carry the WebUI's block names here."""
+    if b.arch == "sdxl":
+        return None
+    if not b.tiny:
+        return "style"
+    blocks = sorted({key[1] for key in (block_key(layer.name) for layer in b.probe.layers) if key[0] == "output"})
+    return ", ".join(f"output.{i}" for i in blocks[len(blocks) // 2 :])
+
+
 @dataclass
 class Result:
     scheme: Scheme
@@ -422,6 +613,8 @@ class Result:
     inversion: dict[str, list[float]] = field(default_factory=lambda: {"wall": [], "CPU": []})
     peak: list[int] = field(default_factory=list)
     delta: list[int] = field(default_factory=list)
+    attention: list[float] = field(default_factory=list)  # self-attention forwards' wall s (CPU only)
+    context_attention: list[float] = field(default_factory=list)  # of which those with a context
 
     def median(self, metric: str = "wall") -> float:
         return statistics.median(self.times[metric])
@@ -448,13 +641,15 @@ def run_arch(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     """Every scheme once per run, in a fixed interleaved order; returns the raw results."""
     n = b.steps
     coarse = sorted({k for k in (args.coarse or [n // 5, n // 2]) if 1 <= k < n})
-    plan = schemes(b, coarse)
+    plan = select(schemes(b, coarse), args.schemes)
+    coarse = [k for k in coarse if any(s.key == f"coarse{k}" for s in plan)]
     results = {s.key: Result(s) for s in plan}
     warm_up(b, [1] if b.device.type == "cpu" else [1, 2, 3, 4, 8, 9])
     for r in range(args.runs):
         for s in plan:
             s.prepare()
             b.inversion_s = (0.0, 0.0)
+            b.probe.reset()
             _sync(b.device)
             with PeakMemory(b.device) as mem:
                 start, cpu_start = time.perf_counter(), time.process_time()
@@ -463,7 +658,12 @@ def run_arch(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
                 seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             if not torch.isfinite(out).all():
                 raise RuntimeError(f"{s.key} produced NaN/inf")
+            if s.expect is not None:
+                s.expect.check(s.key, b.probe, calls=n)
             res = results[s.key]
+            if b.probe.timed:
+                res.attention.append(b.probe.seconds)
+                res.context_attention.append(b.probe.context_seconds)
             for metric, value, inv in (("wall", seconds, b.inversion_s[0]), ("CPU", cpu, b.inversion_s[1])):
                 res.times[metric].append(value)
                 res.inversion[metric].append(inv)
@@ -475,6 +675,17 @@ def run_arch(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
                   file=sys.stderr, flush=True)
     deviation = {k: chain_deviation(b.chains[k], b.chains[n], b.sigmas) for k in coarse}
     return {"bench": b, "results": results, "deviation": deviation}
+
+
+def select(plan: list[Scheme], wanted: list[str] | None) -> list[Scheme]:
+    """The schemes of ``--schemes`` in the benchmark's order; plain batch 1 always (every ratio's base), and the
+    RIVAL repeat with any of issue 16's (their second base). ``coarse`` selects every coarse inversion."""
+    if not wanted:
+        return plan
+    keys = {*wanted, "plain1", *(["repeat"] if set(wanted) & set(ISSUE16) else [])}
+    if "batch4" in keys:
+        keys.add("plain4")
+    return [s for s in plan if s.key in keys or (s.key.startswith("coarse") and "coarse" in keys)]
 
 
 def chain_deviation(coarse: InversionChain, full: InversionChain, sigmas: Tensor) -> tuple[float, float]:
@@ -508,6 +719,8 @@ def report(run: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[str
     ]
     plain1 = results["plain1"]
     for key, res in results.items():
+        if res.scheme.group != "main":
+            continue
         cells = []
         for m in metrics:
             base = results[res.scheme.base] if res.scheme.base else res
@@ -529,36 +742,117 @@ def report(run: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[str
                   "sigmas (`reference_at`, relative L2 per sigma; random weights):", ""]
         for k, (rms, worst) in run["deviation"].items():
             lines.append(f"- inversion on {k} steps instead of {n}: RMS over sigmas {rms:.4f}, max {worst:.4f}")
-    lines += ["", "Time per UNet call derived from the medians above (s per step / calls per step), by rows:", "",
-              "| rows in the call | " + " | ".join(str(k) for k in _per_call(results, n, "wall")) + " | fit |",
-              "|---" * 8 + "|"]
-    for m in metrics:
-        per_call = _per_call(results, n, m)
-        a, slope = _fit(per_call)
-        lines.append(f"| ms ({m}) | " + " | ".join(f"{v * 1000:.1f}" for v in per_call.values())
-                     + f" | {a * 1000:.1f} ms per call + {slope * 1000:.1f} ms per row |")
-    lines += ["", "Targets:", ""]
-    for m in metrics:
-        lines += [f"- {line}" for line in _targets(results, m)]
-    if plain1.peak and results["first"].peak:
-        value = statistics.median(results["first"].peak) / statistics.median(plain1.peak)
-        lines.append(f"- {_verdict('peak memory batch 1, RIVAL first image / plain', value, TARGETS['memory'])}")
-    else:
-        lines.append("- peak memory: n/a on this platform")
+    points = _per_call(results, n, "wall")
+    if len(points) >= 2:
+        lines += ["", "Time per UNet call derived from the medians above (s per step / calls per step), by rows:", "",
+                  "| rows in the call | " + " | ".join(str(k) for k in points) + " | fit |",
+                  "|---" * (len(points) + 2) + "|"]
+        for m in metrics:
+            per_call = _per_call(results, n, m)
+            a, slope = _fit(per_call)
+            lines.append(f"| ms ({m}) | " + " | ".join(f"{v * 1000:.1f}" for v in per_call.values())
+                         + f" | {a * 1000:.1f} ms per call + {slope * 1000:.1f} ms per row |")
+    targets = [line for m in metrics for line in _targets(results, m)]
+    if "first" in results:
+        if plain1.peak and results["first"].peak:
+            value = statistics.median(results["first"].peak) / statistics.median(plain1.peak)
+            targets.append(_verdict("peak memory batch 1, RIVAL first image / plain", value, TARGETS["memory"]))
+        else:
+            targets.append("peak memory: n/a on this platform")
+    if targets:
+        lines += ["", "Targets:", "", *(f"- {line}" for line in targets)]
+    if any(res.scheme.group == "issue16" for res in results.values()):
+        lines += ["", *report_issue16(b, results, metrics, mem_kind, ratios)]
     return "\n".join(lines) + "\n", ratios
+
+
+def report_issue16(b: Bench, results: dict[str, Result], metrics: list[str], mem_kind: str,
+                   ratios: dict[str, float]) -> list[str]:
+    """Issue 16's table (against plain and the RIVAL repeat) and its two cost targets."""
+    n, layers = b.steps, len(b.probe.layers)
+    plain1, repeat = results["plain1"], results["repeat"]
+    timed = bool(repeat.attention)
+    head = "".join(f" median {m} s | x plain ({m}) | x RIVAL repeat ({m}) |" for m in metrics)
+    attention_head = " self-attention wall s (of which with a context) |" if timed else ""
+    lines = [
+        f"#### Issue 16: strength, references, masks, layers ({layers} self-attention layers)",
+        "",
+        f"| scheme | UNet calls x rows | self-attention forwards per call (with a context) |{head}{attention_head} "
+        f"peak memory GiB ({mem_kind}) | rise over start GiB |",
+        "|---|---|---|" + "---|---|---|" * len(metrics) + ("---|" if timed else "") + "---|---|",
+    ]
+    for key, res in results.items():
+        if key not in ("plain1", "repeat") and res.scheme.group != "issue16":
+            continue
+        cells = []
+        for m in metrics:
+            to_plain, to_repeat = res.median(m) / plain1.median(m), res.median(m) / repeat.median(m)
+            if res.scheme.group == "issue16":
+                ratios[f"{key}.{m}"] = to_plain
+                ratios[f"{key}.{m}.repeat"] = to_repeat
+            cells.append(f"{res.median(m):.3f} | {to_plain:.2f}x | {to_repeat:.2f}x")
+        e = res.scheme.expect
+        forwards = f"{e.forwards} ({e.contextual})" if e else "n/a"
+        attention = (f" {statistics.median(res.attention):.3f} ({statistics.median(res.context_attention):.3f}) |"
+                     if timed else "")
+        lines.append(f"| {res.scheme.label} | {res.scheme.calls} | {forwards} | {' | '.join(cells)} |{attention} "
+                     f"{_gib(res.peak)} | {_gib(res.delta)} |")
+    lines += ["", f"Issue 16 targets (medians over whole generations of {n} steps; the verdicts on wall time):", ""]
+
+    def both(value: Callable[[str], float], unit: str = "s") -> str:
+        return ", ".join(f"{value(m):+.{1 if unit == '%' else 3}f} {unit} {m}" for m in metrics)
+
+    def over(key: str, base: Result, count: int = 1) -> Callable[[str], float]:
+        return lambda m: (results[key].median(m) - base.median(m)) / count
+
+    row = repeat.median("wall") - plain1.median("wall")
+    lines.append(f"- one more row: the RIVAL repeat less plain (the reference row in a 2-row call, with its concat "
+                 f"attention): {both(lambda m: repeat.median(m) - plain1.median(m))}")
+    attention = statistics.median(repeat.attention) if timed else 0.0
+    if timed:
+        lines.append(f"- one attention per layer: the RIVAL repeat's self-attention forwards ({layers} per call, "
+                     f"{n} calls), wall: {attention:.3f} s")
+    for key in ("strength", "mask"):
+        if key in results:
+            extra = over(key, repeat)
+            verdict = (f" = {extra('wall') / attention:.2f} attentions per layer (target <= 1: "
+                       f"{'met' if extra('wall') <= attention else 'NOT met'})" if attention > 0 else "")
+            lines.append(f"- {key}: over the RIVAL repeat {both(extra)}{verdict}")
+    base = results.get("strength")
+    for key, count in (("refs2", 1), ("refs4", MORE_REFS)):
+        if key in results and base is not None:
+            each = over(key, base, count)
+            verdict = (f" = {each('wall') / row:.2f} rows (target <= 1: {'met' if each('wall') <= row else 'NOT met'})"
+                       if row > 0 else " (no row cost measured)")
+            lines.append(f"- {key}: each further reference over the one-reference blend (strength 0.5) "
+                         f"{both(each)}{verdict}")
+    for key in ("adain", "style"):
+        if key in results:
+            lines.append(f"- {key}: over the RIVAL repeat {both(over(key, repeat))} "
+                         f"({both(lambda m, k=key: 100 * (results[k].median(m) / repeat.median(m) - 1), '%')})")
+    spread = ", ".join(f"{max(repeat.times[m]) - min(repeat.times[m]):.3f} s {m}" for m in metrics)
+    lines.append(f"- the RIVAL repeat's own spread over the runs (max - min): {spread}")
+    if "style" not in results and b.arch == "sdxl":
+        lines.append("- layers \"style\": not run on SDXL (the diffusers UNet's layers carry no WebUI block names)")
+    return lines
 
 
 def _per_call(results: dict[str, Result], n: int, metric: str) -> dict[int, float]:
     """Seconds per UNet call for each row count the schemes use (the official scheme less its inversion)."""
-    official = results["official"]
-    return {
-        1: results["first"].median_inversion(metric) / n,
-        2: results["plain1"].median(metric) / n,
-        3: results["repeat"].median(metric) / n,
-        4: (official.median(metric) - official.median_inversion(metric)) / n,
-        8: results["plain4"].median(metric) / n,
-        9: results["batch4"].median(metric) / n,
-    }
+    out = {}
+    if "first" in results:
+        out[1] = results["first"].median_inversion(metric) / n
+    out[2] = results["plain1"].median(metric) / n
+    if "repeat" in results:
+        out[3] = results["repeat"].median(metric) / n
+    if "official" in results:
+        official = results["official"]
+        out[4] = (official.median(metric) - official.median_inversion(metric)) / n
+    if "plain4" in results:
+        out[8] = results["plain4"].median(metric) / n
+    if "batch4" in results:
+        out[9] = results["batch4"].median(metric) / n
+    return out
 
 
 def _fit(points: dict[int, float]) -> tuple[float, float]:
@@ -575,15 +869,14 @@ def _verdict(name: str, value: float, limit: float) -> str:
 
 
 def _targets(results: dict[str, Result], metric: str) -> list[str]:
-    plain1, plain4 = results["plain1"].median(metric), results["plain4"].median(metric)
-    return [
-        _verdict(f"first image / plain ({metric})", results["first"].median(metric) / plain1, TARGETS["first"]),
-        _verdict(f"repeat, chain cached / plain ({metric})", results["repeat"].median(metric) / plain1,
-                 TARGETS["repeat"]),
-        _verdict(f"batch 4 / plain batch 4 ({metric})", results["batch4"].median(metric) / plain4, TARGETS["batch4"]),
-        _verdict(f"feature cache / plain ({metric})", results["features"].median(metric) / plain1,
-                 TARGETS["features"]),
-    ]
+    plain1 = results["plain1"].median(metric)
+    out = []
+    for key, name in (("first", "first image / plain"), ("repeat", "repeat, chain cached / plain"),
+                      ("batch4", "batch 4 / plain batch 4"), ("features", "feature cache / plain")):
+        if key in results:
+            base = results["plain4"].median(metric) if key == "batch4" else plain1
+            out.append(_verdict(f"{name} ({metric})", results[key].median(metric) / base, TARGETS[key]))
+    return out
 
 
 def _machine(device: torch.device) -> str:
@@ -624,6 +917,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="SD1.5 attention kernel: PyTorch SDPA (A1111's default) or ldm's einsum")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 with --tiny). 1 thread is steadier on a shared CPU")
+    p.add_argument("--schemes", type=lambda v: [k.strip() for k in v.split(",") if k.strip()], default=None,
+                   help=f"comma-separated schemes to run (default: all): {', '.join(SCHEMES)}; plain1 always, "
+                   "repeat with any of issue 16's (strength .. mask), plain4 with batch4")
     p.add_argument("--tiny", action="store_true", help="toy UNets, 64x64 px, 4 steps, 1 run, CPU: seconds")
     p.add_argument("--out", default=None, help="write the report as markdown to this file")
     args = p.parse_args(argv)
@@ -638,6 +934,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.runs = args.runs or 3
     if args.steps < 1 or args.runs < 1:
         p.error("--steps and --runs must be at least 1")
+    unknown = sorted(set(args.schemes or ()) - set(SCHEMES))
+    if unknown:
+        p.error(f"unknown scheme(s) {', '.join(unknown)}; known: {', '.join(SCHEMES)}")
     return args
 
 
