@@ -227,3 +227,13 @@ def test_bad_knob_values_stop_with_a_422_naming_the_field(webui, values, field):
         generate(module, enabled(**values))
     assert caught.value.status_code == 422
     assert hook_count(model) == 0
+
+
+def test_a_lone_reference_at_weight_0_keeps_only_its_start_latent(webui):
+    """Weight 0 leaves the reference's attention and statistics out; its chain still gives the start latent."""
+    _, module = webui
+    _, zero = generate(module, enabled(reference_weight=0.0))
+    _, neither = generate(module, enabled(attention_strength=0.0, adain=False))
+    _, off = generate(module, None)
+    assert (zero == neither).all()
+    assert apart(zero, off)
