@@ -241,7 +241,7 @@ class Probe:
     set it; the injector finds the wrapped signature): it counts every attention the layer computes,
     the blend's extra attentions too (``blended_output`` calls the layer's forward directly), and
     those given a context (the injector's rewritten context, or a blend term's reference keys), with
-    their rows and, on CPU, their time. A forward hook on the UNet, put on before RIVAL's row hook,
+    their rows and, on CPU, their wall and process CPU time. A forward hook on the UNet, put on before RIVAL's row hook,
     sees each call's rows with the reference rows still in. ``normalized`` counts the AdaIN steps
     that went to a weighted ``normalizer`` (``count_normalized`` is put on a generation's router).
     """
@@ -258,20 +258,27 @@ class Probe:
         self.forwards = self.contextual = self.normalized = 0
         self.call_rows: set[int] = set()
         self.context_rows: set[int] = set()
-        self.seconds = self.context_seconds = 0.0
+        self.time = {"wall": 0.0, "CPU": 0.0}  # all self-attention forwards
+        self.context_time = {"wall": 0.0, "CPU": 0.0}  # those with a context
 
     def _counted(self, forward: Callable[..., Tensor], name: str, position: int) -> Callable[..., Tensor]:
         @functools.wraps(forward)
         def counted(*args: Any, **kwargs: Any) -> Tensor:
             context = args[position] if len(args) > position else kwargs.get(name)
-            start = time.perf_counter() if self.timed else 0.0
-            out = forward(*args, **kwargs)
-            seconds = time.perf_counter() - start if self.timed else 0.0
+            if not self.timed:
+                out = forward(*args, **kwargs)
+                wall = cpu = 0.0
+            else:
+                start, cpu_start = time.perf_counter(), time.process_time()
+                out = forward(*args, **kwargs)
+                wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             self.forwards += 1
-            self.seconds += seconds
+            self.time["wall"] += wall
+            self.time["CPU"] += cpu
             if context is not None:
                 self.contextual += 1
-                self.context_seconds += seconds
+                self.context_time["wall"] += wall
+                self.context_time["CPU"] += cpu
                 self.context_rows.add(out.shape[0])
             return out
 
@@ -613,8 +620,9 @@ class Result:
     inversion: dict[str, list[float]] = field(default_factory=lambda: {"wall": [], "CPU": []})
     peak: list[int] = field(default_factory=list)
     delta: list[int] = field(default_factory=list)
-    attention: list[float] = field(default_factory=list)  # self-attention forwards' wall s (CPU only)
-    context_attention: list[float] = field(default_factory=list)  # of which those with a context
+    # self-attention forwards' time, and of those with a context (timed on CPU only)
+    attention: dict[str, list[float]] = field(default_factory=lambda: {"wall": [], "CPU": []})
+    context_attention: dict[str, list[float]] = field(default_factory=lambda: {"wall": [], "CPU": []})
 
     def median(self, metric: str = "wall") -> float:
         return statistics.median(self.times[metric])
@@ -662,8 +670,9 @@ def run_arch(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
                 s.expect.check(s.key, b.probe, calls=n)
             res = results[s.key]
             if b.probe.timed:
-                res.attention.append(b.probe.seconds)
-                res.context_attention.append(b.probe.context_seconds)
+                for metric in ("wall", "CPU"):
+                    res.attention[metric].append(b.probe.time[metric])
+                    res.context_attention[metric].append(b.probe.context_time[metric])
             for metric, value, inv in (("wall", seconds, b.inversion_s[0]), ("CPU", cpu, b.inversion_s[1])):
                 res.times[metric].append(value)
                 res.inversion[metric].append(inv)
@@ -768,18 +777,22 @@ def report(run: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[str
 
 def report_issue16(b: Bench, results: dict[str, Result], metrics: list[str], mem_kind: str,
                    ratios: dict[str, float]) -> list[str]:
-    """Issue 16's table (against plain and the RIVAL repeat) and its two cost targets."""
+    """Issue 16's table (against plain and the RIVAL repeat) and its two cost targets, for each metric."""
     n, layers = b.steps, len(b.probe.layers)
     plain1, repeat = results["plain1"], results["repeat"]
-    timed = bool(repeat.attention)
-    head = "".join(f" median {m} s | x plain ({m}) | x RIVAL repeat ({m}) |" for m in metrics)
-    attention_head = " self-attention wall s (of which with a context) |" if timed else ""
+    timed = bool(repeat.attention["wall"])
+
+    def attention(res: Result, metric: str, context: bool = False) -> float:
+        return statistics.median((res.context_attention if context else res.attention)[metric])
+
+    head = "".join(f" median {m} s | x plain ({m}) | x RIVAL repeat ({m}) |"
+                   + (f" self-attention {m} s (with a context) |" if timed else "") for m in metrics)
     lines = [
         f"#### Issue 16: strength, references, masks, layers ({layers} self-attention layers)",
         "",
-        f"| scheme | UNet calls x rows | self-attention forwards per call (with a context) |{head}{attention_head} "
+        f"| scheme | UNet calls x rows | self-attention forwards per call (with a context) |{head} "
         f"peak memory GiB ({mem_kind}) | rise over start GiB |",
-        "|---|---|---|" + "---|---|---|" * len(metrics) + ("---|" if timed else "") + "---|---|",
+        "|---|---|---|" + ("---|---|---|" + ("---|" if timed else "")) * len(metrics) + "---|---|",
     ]
     for key, res in results.items():
         if key not in ("plain1", "repeat") and res.scheme.group != "issue16":
@@ -790,48 +803,47 @@ def report_issue16(b: Bench, results: dict[str, Result], metrics: list[str], mem
             if res.scheme.group == "issue16":
                 ratios[f"{key}.{m}"] = to_plain
                 ratios[f"{key}.{m}.repeat"] = to_repeat
-            cells.append(f"{res.median(m):.3f} | {to_plain:.2f}x | {to_repeat:.2f}x")
+            cells.append(f"{res.median(m):.3f} | {to_plain:.2f}x | {to_repeat:.2f}x"
+                         + (f" | {attention(res, m):.3f} ({attention(res, m, True):.3f})" if timed else ""))
         e = res.scheme.expect
         forwards = f"{e.forwards} ({e.contextual})" if e else "n/a"
-        attention = (f" {statistics.median(res.attention):.3f} ({statistics.median(res.context_attention):.3f}) |"
-                     if timed else "")
-        lines.append(f"| {res.scheme.label} | {res.scheme.calls} | {forwards} | {' | '.join(cells)} |{attention} "
+        lines.append(f"| {res.scheme.label} | {res.scheme.calls} | {forwards} | {' | '.join(cells)} | "
                      f"{_gib(res.peak)} | {_gib(res.delta)} |")
-    lines += ["", f"Issue 16 targets (medians over whole generations of {n} steps; the verdicts on wall time):", ""]
+    lines += ["", f"Issue 16 targets (medians over whole generations of {n} steps, each metric on its own):", ""]
+    for m in metrics:
+        row = repeat.median(m) - plain1.median(m)
+        one = attention(repeat, m) if timed else 0.0
+        lines.append(f"- {m}: one more row = the RIVAL repeat less plain (the reference row in a 2-row call, with its "
+                     f"concat attention): {row:.3f} s"
+                     + (f"; one attention per layer = the RIVAL repeat's self-attention forwards ({layers} per call, "
+                        f"{n} calls): {one:.3f} s" if timed else ""))
 
-    def both(value: Callable[[str], float], unit: str = "s") -> str:
-        return ", ".join(f"{value(m):+.{1 if unit == '%' else 3}f} {unit} {m}" for m in metrics)
+        def of_which(key: str, base: Result, count: int = 1, m: str = m) -> str:
+            if not timed:
+                return ""
+            return f", of which self-attention {(attention(results[key], m) - attention(base, m)) / count:+.3f} s"
 
-    def over(key: str, base: Result, count: int = 1) -> Callable[[str], float]:
-        return lambda m: (results[key].median(m) - base.median(m)) / count
-
-    row = repeat.median("wall") - plain1.median("wall")
-    lines.append(f"- one more row: the RIVAL repeat less plain (the reference row in a 2-row call, with its concat "
-                 f"attention): {both(lambda m: repeat.median(m) - plain1.median(m))}")
-    attention = statistics.median(repeat.attention) if timed else 0.0
-    if timed:
-        lines.append(f"- one attention per layer: the RIVAL repeat's self-attention forwards ({layers} per call, "
-                     f"{n} calls), wall: {attention:.3f} s")
-    for key in ("strength", "mask"):
-        if key in results:
-            extra = over(key, repeat)
-            verdict = (f" = {extra('wall') / attention:.2f} attentions per layer (target <= 1: "
-                       f"{'met' if extra('wall') <= attention else 'NOT met'})" if attention > 0 else "")
-            lines.append(f"- {key}: over the RIVAL repeat {both(extra)}{verdict}")
-    base = results.get("strength")
-    for key, count in (("refs2", 1), ("refs4", MORE_REFS)):
-        if key in results and base is not None:
-            each = over(key, base, count)
-            verdict = (f" = {each('wall') / row:.2f} rows (target <= 1: {'met' if each('wall') <= row else 'NOT met'})"
-                       if row > 0 else " (no row cost measured)")
-            lines.append(f"- {key}: each further reference over the one-reference blend (strength 0.5) "
-                         f"{both(each)}{verdict}")
-    for key in ("adain", "style"):
-        if key in results:
-            lines.append(f"- {key}: over the RIVAL repeat {both(over(key, repeat))} "
-                         f"({both(lambda m, k=key: 100 * (results[k].median(m) / repeat.median(m) - 1), '%')})")
-    spread = ", ".join(f"{max(repeat.times[m]) - min(repeat.times[m]):.3f} s {m}" for m in metrics)
-    lines.append(f"- the RIVAL repeat's own spread over the runs (max - min): {spread}")
+        for key in ("strength", "mask"):
+            if key in results:
+                extra = results[key].median(m) - repeat.median(m)
+                verdict = (f" = {extra / one:.2f} attentions per layer (target <= 1: "
+                           f"{'met' if extra <= one else 'NOT met'})" if one > 0 else "")
+                lines.append(f"  - {key}: {extra:+.3f} s over the RIVAL repeat{of_which(key, repeat)}{verdict}")
+        base = results.get("strength")
+        for key, count in (("refs2", 1), ("refs4", MORE_REFS)):
+            if key in results and base is not None:
+                each = (results[key].median(m) - base.median(m)) / count
+                verdict = (f" = {each / row:.2f} rows (target <= 1: {'met' if each <= row else 'NOT met'})"
+                           if row > 0 else " (no row cost measured)")
+                lines.append(f"  - {key}: each further reference {each:+.3f} s over the one-reference blend "
+                             f"(strength 0.5){of_which(key, base, count)}{verdict}")
+        for key in ("adain", "style"):
+            if key in results:
+                extra = results[key].median(m) - repeat.median(m)
+                lines.append(f"  - {key}: {extra:+.3f} s over the RIVAL repeat ({extra / repeat.median(m):+.1%})"
+                             f"{of_which(key, repeat)}")
+        lines.append(f"  - the RIVAL repeat's own spread over the runs (max - min): "
+                     f"{max(repeat.times[m]) - min(repeat.times[m]):.3f} s")
     if "style" not in results and b.arch == "sdxl":
         lines.append("- layers \"style\": not run on SDXL (the diffusers UNet's layers carry no WebUI block names)")
     return lines
