@@ -64,6 +64,7 @@ def normalizer(targets: Sequence[Tensor], weights: Sequence[float], masks: Seque
     total = sum(weights)
     mean = sum(w * m for w, (m, _) in zip(weights, stats)) / total
     std = sum(w * s for w, (_, s) in zip(weights, stats)) / total
+    assert isinstance(mean, Tensor) and isinstance(std, Tensor), "AdaIN needs at least one target"
 
     def normalize(x: Tensor) -> Tensor:
         normalized = adain_to(x, mean, std)

@@ -20,6 +20,7 @@ import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,11 @@ from .masks import at_tokens, kept_tokens
 from .params import AttentionMode
 
 CONTEXT_NAMES = ("context", "encoder_hidden_states")
+
+Args = tuple[Any, ...]  # a module call's positional arguments
+Kwargs = dict[str, Any]  # and its keyword arguments
+PreHook = Callable[[nn.Module, Args, Kwargs], tuple[Args, Kwargs] | None]  # torch's forward pre-hook, with kwargs
+PostHook = Callable[[nn.Module, Args, Kwargs, Tensor], Tensor | None]  # torch's forward hook, with kwargs
 
 
 @dataclass(frozen=True)
@@ -222,10 +228,10 @@ def injected_context(own: Tensor, plan: AttentionPlan, layer: int = 0) -> Tensor
     return torch.cat([source, own], dim=1)
 
 
-def _context_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer, index: int):
+def _context_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer, index: int) -> PreHook:
     position = layer.context_position
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    def hook(module: nn.Module, args: Args, kwargs: Kwargs) -> tuple[Args, Kwargs] | None:
         plan = injector.plan
         if plan is None:
             return None
@@ -244,12 +250,12 @@ def _context_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer, in
     return hook
 
 
-def _blend_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer, index: int):
+def _blend_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer, index: int) -> PostHook:
     """After a layer of a blended plan: its plain output moved towards each reference (``blended_output``); the
     extra attentions run through the layer's own forward (no hooks)."""
     position = layer.context_position
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> Tensor | None:
+    def hook(module: nn.Module, args: Args, kwargs: Kwargs, output: Tensor) -> Tensor | None:
         plan = injector.plan
         if plan is None or not plan.terms or not plan.acts_on(index):
             return None
@@ -258,7 +264,8 @@ def _blend_hook(injector: SelfAttentionInjector, layer: SelfAttentionLayer, inde
         own = hidden if own is None else own
 
         def attend(x: Tensor, context: Tensor, _value: Tensor) -> Tensor:
-            return module.forward(x, **{layer.context_name: context})
+            attended: Tensor = module.forward(x, **{layer.context_name: context})
+            return attended
 
         return blended_output(output, hidden, own, own, plan, index, attend)
 

@@ -163,5 +163,5 @@ def coarse_schedule(sigmas: Tensor | list[float], steps: int) -> Tensor:
         raise ValueError(f"inversion steps must be at least 1, got {steps}")
     if steps >= n:
         return s
-    picks = torch.linspace(0, n, steps + 1, dtype=torch.float64).round().long().unique()
+    picks = torch.unique(torch.linspace(0, n, steps + 1, dtype=torch.float64).round().long())
     return s[picks]

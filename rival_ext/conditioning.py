@@ -66,7 +66,7 @@ class Conditioning:
             raise ValueError("either every row or no row must carry a y vector")
         length = math.lcm(*(p.context.shape[1] for p in parts))
         contexts = [p.context.repeat(1, length // p.context.shape[1], 1) for p in parts]
-        ys = None if parts[0].y is None else torch.cat([p.y for p in parts])
+        ys = None if parts[0].y is None else torch.cat([p.y for p in parts if p.y is not None])  # all, or none
         return Conditioning(torch.cat(contexts), ys)
 
 

@@ -37,7 +37,7 @@ class UNetEps:
         kwargs = {"timesteps": t.to(z.dtype), "context": cond.context.to(z.dtype)}
         if cond.y is not None:
             kwargs["y"] = cond.y.to(z.dtype)
-        out = self.unet(z, **kwargs)
+        out: Tensor = self.unet(z, **kwargs)
         if self.parameterization == "eps":
             return out
         abar = abar_of_sigma(self.schedule.t_to_sigma(t)).to(z.dtype).reshape(-1, 1, 1, 1)

@@ -5,7 +5,8 @@ The job (``rival_ext.job``) talks to its model only through this protocol: A1111
 patches on the per-sampling UNet clone, Forge2 and the ComfyUI-style patcher of reForge/Classic)
 implement it; a test double or another program implements the same members. What the WebUI tells
 the job about the pass about to sample is a ``PassRequest``; progress, interruption and the settings
-reach it as a ``Runtime``.
+reach it as a ``Runtime``. The WebUI's own object for the pass (A1111's ``p``) travels through the
+job to the host unread: ``Host`` is generic in its type, and ``ModelHost`` is the part that needs none.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from PIL import Image
 from torch import Tensor
@@ -24,6 +25,8 @@ from .feature_cache import FeatureCache
 from .noise import DiscreteSchedule
 from .params import RivalParams
 from .reference_rows import Evaluation, Reference
+
+P_contra = TypeVar("P_contra", contravariant=True)  # the WebUI's object for a pass (A1111's ``p``), opaque here
 
 
 class UnsupportedModel(Exception):
@@ -111,13 +114,12 @@ class Settings:
     sgm_noise_multiplier: bool = False  # txt2img noise scaled by sqrt(1 + sigma^2) instead of sigma
 
 
-class Host(Protocol):
+class ModelHost(Protocol):
     """The loaded model as a RIVAL generation uses it."""
 
-    model: object  # the host's own model object (the job checks it is still the one loaded)
-
-    def check_supported(self, p: object = None) -> None:
-        """Raise ``UnsupportedModel`` where RIVAL would be wrong on this model (or in this request ``p``)."""
+    @property
+    def model(self) -> object:
+        """The host's own model object (the job checks it is still the one loaded)."""
 
     @property
     def schedule(self) -> DiscreteSchedule:
@@ -143,11 +145,12 @@ class Host(Protocol):
     def on_gpu(self) -> bool:
         """Whether the model computes on a GPU (the feature cache keeps part of itself there)."""
 
-    def pass_levels(self, p: object, txt2img: bool, hires: bool) -> PassLevels:
-        """The noise levels the pass about to sample visits."""
-
     def callbacks_vp(self, levels: PassLevels) -> bool:
         """Whether the sampler's CFG callbacks carry VP latents, timesteps and eps (else VE, sigma, x0)."""
+
+    @property
+    def stacked_cfg_rows(self) -> bool:
+        """Whether the CFG callbacks' latents hold every row the model gets, uncond rows last (else one per image)."""
 
     def encode_reference(self, pixels: Tensor) -> Tensor:
         """The reference's latent (VAE mean, scaled)."""
@@ -174,11 +177,21 @@ class Host(Protocol):
     def layer_keys(self) -> list[tuple[str, int, int]]:
         """Each self-attention layer's place (``attention.block_key``), in the order RIVAL indexes them."""
 
-    def align(self, p: object, spec: AlignmentSpec) -> Alignment:
+
+class Host(ModelHost, Protocol[P_contra]):
+    """The loaded model and the pass it samples, which the WebUI describes by its own object ``p``."""
+
+    def check_supported(self, p: P_contra | None = None) -> None:
+        """Raise ``UnsupportedModel`` where RIVAL would be wrong on this model (or in this request ``p``)."""
+
+    def pass_levels(self, p: P_contra, txt2img: bool, hires: bool) -> PassLevels:
+        """The noise levels the pass about to sample visits."""
+
+    def align(self, p: P_contra, spec: AlignmentSpec) -> Alignment:
         """Install RIVAL's mechanism on the model for the pass about to sample."""
 
-    def override_schedule(self, p: object, sigmas: Tensor) -> Callable[[], None]:
+    def override_schedule(self, p: P_contra, sigmas: Tensor) -> Callable[[], None]:
         """Make the pass's k-diffusion sampler use ``sigmas``; returns what puts the sampler's own back."""
 
-    def set_start_noise(self, p: object, x: Tensor, noise: Tensor, start_noise: Tensor, txt2img: bool) -> None:
+    def set_start_noise(self, p: P_contra, x: Tensor, noise: Tensor, start_noise: Tensor, txt2img: bool) -> None:
         """Make the sampler take ``start_noise`` instead of its own (``x`` in txt2img, ``noise`` otherwise)."""

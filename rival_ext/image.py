@@ -8,8 +8,10 @@ latent permutation and the inpainting mask line up with the generated latent.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from PIL import Image
 from torch import Tensor
@@ -44,7 +46,7 @@ def to_rgb(image: object, background: tuple[int, int, int] = (255, 255, 255)) ->
     return image.convert("RGB")
 
 
-def _from_array(array: np.ndarray) -> Image.Image:
+def _from_array(array: npt.NDArray[Any]) -> Image.Image:
     if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)):
         if array.dtype != np.uint8:
             array = np.clip(array.astype(np.float64), 0, 255).astype(np.uint8)
@@ -63,7 +65,7 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
         crop_w, crop_h = src_w, max(1, round(src_w * height / width))
     left, top = (src_w - crop_w) // 2, (src_h - crop_h) // 2
     cropped = image.crop((left, top, left + crop_w, top + crop_h))
-    return cropped.resize((width, height), Image.LANCZOS)
+    return cropped.resize((width, height), Image.Resampling.LANCZOS)
 
 
 def to_tensor(image: Image.Image) -> Tensor:

@@ -20,12 +20,13 @@ from .chain import InversionChain, NonFiniteInversion, coarse_schedule, invert
 from .chain_cache import ChainCache
 from .conditioning import Conditioning
 from .eps_models import EpsModel, KDenoiser
-from .host import Host, Progress, Settings
+from .host import ModelHost, Progress, Settings
 
 Note = Callable[[str], None]
+ChainKey = tuple[str, str, tuple[int, ...], tuple[float, ...], str, str, str]  # what ``chain_key`` gives
 
 
-def chain_key(host: Host, source: Tensor, sigmas: Tensor, text: str, precision: str) -> tuple:
+def chain_key(host: ModelHost, source: Tensor, sigmas: Tensor, text: str, precision: str) -> ChainKey:
     """Everything that shapes a chain; equal keys give bit-identical chains."""
     return (
         host.identity,
@@ -49,8 +50,8 @@ def inversion_sigmas(levels: Tensor, settings: Settings, note: Note) -> Tensor:
 
 def cached_chain(
     cache: ChainCache,
-    key: tuple,
-    host: Host,
+    key: ChainKey,
+    host: ModelHost,
     latent: Callable[[], Tensor],
     cond: Conditioning,
     sigmas: Tensor,
@@ -70,7 +71,7 @@ def cached_chain(
 
 
 def invert_on_host(
-    host: Host,
+    host: ModelHost,
     z0: Tensor,
     cond: Conditioning,
     sigmas: Tensor,

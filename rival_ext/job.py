@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -28,6 +29,7 @@ from .host import (
     AlignmentSpec,
     Host,
     InversionInterrupted,
+    ModelHost,
     PassLevels,
     PassRequest,
     Progress,
@@ -35,7 +37,7 @@ from .host import (
     UnsupportedModel,
 )
 from .image import prepare_reference
-from .inversion import cached_chain, chain_key, inversion_sigmas
+from .inversion import ChainKey, cached_chain, chain_key, inversion_sigmas
 from .latent_init import force_keep, initial_latents, inpaint_initial_latent
 from .layers import selected_layers
 from .masks import latent_mask
@@ -43,11 +45,13 @@ from .noise import abar_of_sigma, ve_noise_for, ve_std, ve_to_vp, vp_noise_for
 from .reference_rows import Reference
 from .request import ExtraReference, RivalInputError, RivalRequest, RivalRuntimeError
 
+P = TypeVar("P")  # the WebUI's object for a pass (A1111's ``p``), handed to the host unread
+
 CHAINS = ChainCache()
-FEATURES: dict[tuple, FeatureCache] = {}  # for the last chain only: features are large
+FEATURES: dict[ChainKey, FeatureCache] = {}  # for the last chain only: features are large
 
 
-def feature_cache(chain_key: tuple, settings: Settings, on_gpu: bool) -> FeatureCache | None:
+def feature_cache(chain_key: ChainKey, settings: Settings, on_gpu: bool) -> FeatureCache | None:
     """The reference-feature cache for this chain when the setting is on (replaces any other)."""
     if settings.feature_cache_bytes <= 0:
         FEATURES.clear()
@@ -66,16 +70,25 @@ class PreparedPass:
 
     x: Tensor  # the pass's start tensors: the same ones again mean the same pass
     noise: Tensor
-    host: Host
+    host: ModelHost
     levels: PassLevels
     chain: InversionChain  # the main reference's
     references: tuple[Reference, ...]
     where: Tensor | None  # where RIVAL acts (latent grid)
     selected: frozenset[int] | None  # the self-attention layers it acts on
-    chain_key: tuple
+    chain_key: ChainKey
     keep_chain: InversionChain | None  # inpainting: the chain of the image being inpainted
     regenerate: Tensor | None  # inpainting: the latent-grid region to regenerate
     start_noise: Tensor | None
+
+    @property
+    def keep(self) -> tuple[Tensor, InversionChain] | None:
+        """Inpainting: the region to regenerate and the chain the rest follows; None: no inpainting."""
+        if self.regenerate is None:
+            return None
+        if self.keep_chain is None:
+            raise RuntimeError("RIVAL: an inpainting pass has no chain of the image being inpainted")
+        return self.regenerate, self.keep_chain
 
 
 class RivalJob:
@@ -110,8 +123,14 @@ class RivalJob:
         return self.alignment is not None
 
     @property
-    def host(self) -> Host | None:
+    def host(self) -> ModelHost | None:
         return None if self.prepared is None else self.prepared.host
+
+    def installed_pass(self) -> tuple[PreparedPass, Alignment]:
+        """The pass whose mechanism is installed (``active``), and that mechanism."""
+        if self.prepared is None or self.alignment is None:
+            raise RuntimeError("RIVAL: no pass is installed")
+        return self.prepared, self.alignment
 
     def note(self, text: str) -> None:
         """Record a line for the infotext's ``RIVAL notes`` (once)."""
@@ -125,7 +144,7 @@ class RivalJob:
 
     # -- a sampling pass --------------------------------------------------------------------------
 
-    def prepare_pass(self, p: object, host: Host, request: PassRequest, x: Tensor, noise: Tensor) -> None:
+    def prepare_pass(self, p: P, host: Host[P], request: PassRequest, x: Tensor, noise: Tensor) -> None:
         """Invert the reference on this pass's schedule, hand the start to the sampler, install RIVAL.
 
         Raises ``RivalInputError`` for bad input and ``RivalRuntimeError`` when RIVAL cannot run; an
@@ -142,9 +161,10 @@ class RivalJob:
             return
         try:
             host.check_supported(p)
-            if not again:
-                self.prepared = self._prepare(p, host, request, x, noise)
-            self._install(p, host, request, x, noise)
+            prepared = self.prepared
+            if prepared is None:  # not the same pass again
+                prepared = self.prepared = self._prepare(p, host, request, x, noise)
+            self._install(p, host, prepared, x, noise)
         except UnsupportedModel as reason:
             self.uninstall()
             self.note(f"off: {reason}")
@@ -165,7 +185,7 @@ class RivalJob:
             self.uninstall()
             raise RivalRuntimeError(f"RIVAL failed while preparing the pass: {error}") from error
 
-    def _prepare(self, p: object, host: Host, request: PassRequest, x: Tensor, noise: Tensor) -> PreparedPass:
+    def _prepare(self, p: P, host: Host[P], request: PassRequest, x: Tensor, noise: Tensor) -> PreparedPass:
         width, height = request.width, request.height
         levels = host.pass_levels(p, txt2img=request.txt2img, hires=request.hires)
         try:
@@ -189,7 +209,7 @@ class RivalJob:
                          latent_mask(self.request.reference_mask, width, height))
         extras = tuple(self.extra_reference(host, extra, i, cond, uncond, text, sigmas, width, height)
                        for i, extra in enumerate(self.request.more_references) if extra.weight != 0.0)
-        regenerate = self.inpaint_region(request, tuple(x.shape[-2:]))
+        regenerate = self.inpaint_region(request, (x.shape[-2], x.shape[-1]))
         keep_chain = None if regenerate is None else self.inpainted_chain(host, request, chain, cond, text, sigmas)
         start = self.start_latents(request, levels, chain, keep_chain, regenerate, len(request.seeds))
         start_noise = None if start is None else self.start_noise(start, levels, x)
@@ -197,7 +217,7 @@ class RivalJob:
         return PreparedPass(x, noise, host, levels, chain, (main, *extras), where, selected, reference_key, keep_chain,
                             regenerate, start_noise)
 
-    def extra_reference(self, host: Host, extra: ExtraReference, index: int, cond: Conditioning,
+    def extra_reference(self, host: ModelHost, extra: ExtraReference, index: int, cond: Conditioning,
                         uncond: Conditioning, text: str, sigmas: Tensor, width: int, height: int) -> Reference:
         """A further reference: its own chain (cached), read through the same text rows as the first one, so that
         a weight means the same for every reference (one row where the reference text is shared, else two)."""
@@ -209,8 +229,7 @@ class RivalJob:
         chain = self.chain_of(host, key, lambda: host.encode_reference(pixels), cond, sigmas, f"reference {index + 2}")
         return Reference(chain, cond, uncond, extra.weight, latent_mask(extra.mask, width, height))
 
-    def _install(self, p: object, host: Host, request: PassRequest, x: Tensor, noise: Tensor) -> None:
-        prepared = self.prepared
+    def _install(self, p: P, host: Host[P], prepared: PreparedPass, x: Tensor, noise: Tensor) -> None:
         if prepared.levels.sampler_sigmas is not None:
             self._restore_schedule = host.override_schedule(p, prepared.levels.sampler_sigmas)
         if prepared.start_noise is not None:
@@ -222,20 +241,20 @@ class RivalJob:
         self.alignment = host.align(p, AlignmentSpec(self.params, prepared.references, features, prepared.where,
                                                      prepared.selected))
 
-    def reference_image(self, request: PassRequest) -> Image.Image:
-        """The upload, or img2img's init image as the WebUI encodes it when asked."""
+    def reference_image(self, request: PassRequest) -> Image.Image | None:
+        """The upload, or img2img's init image as the WebUI encodes it when asked (None: no reference given)."""
         if self.request.use_init_image:
             if request.init_image is None:
                 raise RivalInputError("'use the init image as reference' needs img2img with an image")
             return request.init_image
         return self.request.reference_image
 
-    def chain_of(self, host: Host, key: tuple, latent: Callable[[], Tensor], cond: Conditioning, sigmas: Tensor,
+    def chain_of(self, host: ModelHost, key: ChainKey, latent: Callable[[], Tensor], cond: Conditioning, sigmas: Tensor,
                  what: str) -> InversionChain:
         """The chain of a source on this pass, from the cache when every input that shapes it is the same."""
         return cached_chain(CHAINS, key, host, latent, cond, sigmas, self.settings, self.progress, what, self.note)
 
-    def reconstruction(self, host: Host, chain: InversionChain, cond: Conditioning) -> Image.Image:
+    def reconstruction(self, host: ModelHost, chain: InversionChain, cond: Conditioning) -> Image.Image:
         """The reference inverted and sampled back (the reconstruction preview)."""
         denoiser = KDenoiser(host.eps_model(), host.schedule, cond)
         with torch.no_grad(), host.plain_model():
@@ -254,7 +273,7 @@ class RivalJob:
             raise RivalInputError("the inpainting mask is empty: paint the region to regenerate")
         return regenerate.cpu()
 
-    def inpainted_chain(self, host: Host, request: PassRequest, chain: InversionChain, cond: Conditioning,
+    def inpainted_chain(self, host: ModelHost, request: PassRequest, chain: InversionChain, cond: Conditioning,
                         text: str, sigmas: Tensor) -> InversionChain:
         """Inpainting: the chain the keep region follows, that of the image being inpainted.
 
@@ -263,6 +282,8 @@ class RivalJob:
         """
         if self.request.use_init_image:
             return chain
+        if request.init_latent is None:
+            raise RivalRuntimeError("RIVAL: inpainting needs the init image's latent, and the WebUI gave none")
         latents = request.init_latent.float()
         if any(not torch.equal(latents[0], other) for other in latents[1:]):
             raise RivalInputError("inpainting with RIVAL takes one init image for the whole batch")
@@ -276,6 +297,8 @@ class RivalJob:
         seeds = list(request.seeds[:batch]) or [0]
         seeds += [seeds[-1] + i + 1 for i in range(batch - len(seeds))]
         if regenerate is not None:
+            if keep_chain is None:
+                raise RuntimeError("RIVAL: an inpainting pass has no chain of the image being inpainted")
             return torch.stack([inpaint_initial_latent(keep_chain.top, regenerate, s) for s in seeds])
         return initial_latents(chain.top, seeds, self.params.init_latent)
 
@@ -298,17 +321,18 @@ class RivalJob:
         """Open the evaluation at ``level`` (a timestep where the host's callbacks carry VP latents, else a
         sigma); ``x`` is what the model is given, ``images`` its rows that are one per image. Returns ``x``
         with the keep region forced onto its chain (inpainting)."""
-        prepared, alignment = self.prepared, self.alignment
+        prepared, alignment = self.installed_pass()
         schedule = prepared.host.schedule
         vp = prepared.host.callbacks_vp(prepared.levels)
         if vp:
             t, sigma = level, float(schedule.t_to_sigma(level))
         else:
             sigma, t = level, float(schedule.sigma_to_t(level))
-        if prepared.regenerate is not None:
-            chain = prepared.keep_chain
+        keep = prepared.keep
+        if keep is not None:
+            regenerate, chain = keep
             reference = chain.reference_vp(sigma) if vp else chain.reference_at(sigma)
-            x = force_keep(x, reference, prepared.regenerate)
+            x = force_keep(x, reference, regenerate)
         alignment.begin(sigma, t, roles, x[images])
         self._images_x = None if vp else x[images]
         return x
@@ -320,8 +344,9 @@ class RivalJob:
         x, self._images_x = self._images_x, None
         return self.alignment.after_guidance(guided, x)
 
-    def finish_samples(self, samples: Tensor) -> None:
+    def finish_samples(self, samples: object) -> None:
         """Inpainting: the keep region ends exactly on the inpainted image's clean latent (official overwrite)."""
-        prepared = self.prepared
-        if prepared is not None and prepared.regenerate is not None and isinstance(samples, Tensor):
-            samples.copy_(force_keep(samples, prepared.keep_chain.origin_latent, prepared.regenerate))
+        keep = None if self.prepared is None else self.prepared.keep
+        if keep is not None and isinstance(samples, Tensor):
+            regenerate, chain = keep
+            samples.copy_(force_keep(samples, chain.origin_latent, regenerate))

@@ -68,7 +68,7 @@ def latent_mask(mask: Image.Image, latent_size: tuple[int, int], invert: bool = 
     if not isinstance(mask, Image.Image):
         raise ValueError("the inpainting mask must be an image")
     h, w = latent_size
-    small = np.asarray(mask.convert("L").resize((w, h), Image.LANCZOS))
+    small = np.asarray(mask.convert("L").resize((w, h), Image.Resampling.LANCZOS))
     regenerate = torch.from_numpy(small >= 128)
     return ~regenerate if invert else regenerate
 

@@ -24,7 +24,7 @@ def latent_mask(image: Image.Image | None, width: int, height: int) -> Tensor | 
     """(height/8, width/8) float in [0, 1] from a mask image of any size and mode (None: everywhere)."""
     if image is None:
         return None
-    gray = fit(to_rgb(image), width, height).convert("L").resize((width // 8, height // 8), Image.BOX)
+    gray = fit(to_rgb(image), width, height).convert("L").resize((width // 8, height // 8), Image.Resampling.BOX)
     mask = torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)
     return None if bool((mask >= 1.0).all()) else mask
 

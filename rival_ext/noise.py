@@ -57,12 +57,12 @@ def eps_from_v(v: Tensor, z: Tensor, abar: Tensor | float) -> Tensor:
     """The eps-equivalent of a v prediction for the VP latent z: sqrt(abar) v + sqrt(1 - abar) z."""
     if isinstance(abar, Tensor):
         return abar.sqrt() * v + (1 - abar).sqrt() * z
-    return abar**0.5 * v + (1 - abar) ** 0.5 * z
+    return _root(abar) * v + _root(1 - abar) * z
 
 
 def vp_noise_for(z: Tensor, x0: Tensor, abar: float) -> Tensor:
     """The noise that the VP forward step sqrt(abar) x0 + sqrt(1 - abar) noise turns into z."""
-    return (z - abar**0.5 * x0) / (1 - abar) ** 0.5
+    return (z - _root(abar) * x0) / _root(1 - abar)
 
 
 def ve_noise_for(x: Tensor, x0: Tensor, sigma: float) -> Tensor:
@@ -72,13 +72,18 @@ def ve_noise_for(x: Tensor, x0: Tensor, sigma: float) -> Tensor:
 
 def ve_std(sigma: float) -> float:
     """sqrt(1 + sigma^2): the scale of a VE latent at sigma (A1111's SGM noise multiplier starts there)."""
-    return (1 + sigma**2) ** 0.5
+    return _root(1 + sigma**2)
 
 
 def ddim_step(z: Tensor, eps: Tensor, abar: float, abar_next: float) -> Tensor:
     """One deterministic DDIM step (eta 0) of a VP latent from level ``abar`` to ``abar_next``."""
-    x0 = (z - (1 - abar) ** 0.5 * eps) / abar**0.5
-    return abar_next**0.5 * x0 + (1 - abar_next) ** 0.5 * eps
+    x0 = (z - _root(1 - abar) * eps) / _root(abar)
+    return _root(abar_next) * x0 + _root(1 - abar_next) * eps
+
+
+def _root(value: float) -> float:
+    """``value ** 0.5`` (the float power, as the official code computes it) of a level in [0, inf)."""
+    return float(value**0.5)
 
 
 def scaled_linear_alphas_cumprod(

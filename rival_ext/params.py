@@ -11,6 +11,7 @@ import math
 import numbers
 from dataclasses import dataclass, fields, replace
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
@@ -118,7 +119,8 @@ class RivalParams:
         unknown = sorted(set(changes) - names)
         if unknown:
             raise ValueError(f"unknown RIVAL parameter(s): {', '.join(unknown)}")
-        return replace(self, **changes)
+        values: dict[str, Any] = dict(changes)  # of any type: __post_init__ validates them
+        return replace(self, **values)
 
 
 def timestep_value(name: str, value: object) -> float:
@@ -134,7 +136,7 @@ def number_in(name: str, value: object, bounds: tuple[float, float]) -> float:
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
-    if not low <= value <= high:
+    if value < low or not value <= high:  # not low <= value <= high (numbers.Real has < and <=)
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
     return float(value)
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .adain import Normalize, normalizer
-from .attention import AttentionPlan, Term
+from .attention import Args, AttentionPlan, Kwargs, Term
 from .chain import InversionChain
 from .conditioning import Conditioning, ReferenceRows, Role, reference_rows
 from .feature_cache import FeatureCache, evaluation_key
@@ -110,7 +110,15 @@ class Layout:
     def term_sources(self, part: int) -> Tensor:
         """Each call row's source row (in [reference rows, call rows]) for one part's reference."""
         _, row, rows = self.offsets()[part]
-        return torch.tensor([row + rows.index(role) for role in self.roles], dtype=torch.long)
+        return torch.tensor([row + _serving(rows, role) for role in self.roles], dtype=torch.long)
+
+
+def _serving(rows: ReferenceRows, role: Role) -> int:
+    """The reference row that serves call rows of ``role`` (the layout gave every role of the call one)."""
+    index = rows.index(role)
+    if index is None:
+        raise RuntimeError(f"RIVAL: no reference row serves the call's {role.value} rows")
+    return index
 
 
 class ModelCall(Protocol):
@@ -193,6 +201,13 @@ class RowRouter:
     @property
     def strategies(self) -> tuple[InCall, SeparatePass]:
         return self.in_call, self.apart
+
+    @property
+    def current(self) -> Evaluation:
+        """The open evaluation, for what routes one of its calls (``before`` opened it)."""
+        if self.evaluation is None:
+            raise RuntimeError("RIVAL: a model call was routed with no evaluation open")
+        return self.evaluation
 
     def begin(self, sigma: float, t: float, roles: Sequence[Role], x: Tensor | None = None) -> Evaluation:
         """Start a model evaluation at (sigma, t) whose rows, over all its calls, have ``roles``."""
@@ -293,7 +308,7 @@ class RowRouter:
 
     def put_reference_rows(self, call: ModelCall, layout: Layout, keep_own: bool) -> Tensor:
         """The evaluation's reference rows of ``layout`` into ``call``; returns their latents."""
-        sigma = self.evaluation.sigma
+        sigma = self.current.sigma
         latents, texts = [], []
         for k, rows in layout.parts:
             ref = self.references[k]
@@ -305,15 +320,19 @@ class RowRouter:
 
     def store(self, layout: Layout, pending: Pending, output: Tensor, ev: Evaluation) -> None:
         """Put the reference rows' features (when all layers recorded) and eps in the pending call's cache."""
+        cache = pending.cache
+        if cache is None:  # nothing is kept
+            return
         key = evaluation_key(ev.sigma, ev.t)
         record = pending.record
-        complete = record is not None and all(r is not None for r in record)
+        recorded = [r for r in record or [] if r is not None]
+        complete = record is not None and len(recorded) == len(record)
         for k, row, rows in layout.offsets():
             for i, role in enumerate(rows.roles):
                 at = slice(row + i, row + i + 1)
-                features = [r[at].clone() for r in record] if complete else None
+                features = [r[at].clone() for r in recorded] if complete else None
                 eps = pending.call.as_eps(output[at], pending.latents[at], ev.sigma)
-                pending.cache.put((*key, k), role, features, eps)
+                cache.put((*key, k), role, features, eps)
 
 
 @dataclass(frozen=True)
@@ -345,7 +364,7 @@ class InCall:
     def serve(self, router: RowRouter, call: ModelCall, layout: Layout, mode: AttentionMode,
               planned: Planned) -> AttentionPlan | None:
         latents = router.put_reference_rows(call, layout, keep_own=True)
-        record = None
+        record: list[Tensor | None] | None = None
         plan = None
         if mode is not AttentionMode.PLAIN:
             record = [None] * router.layers if self.cache is not None else None
@@ -361,9 +380,16 @@ class Replayed(InCall):
     def __init__(self, features: FeatureCache | None) -> None:
         self.cache = features
 
+    @property
+    def replay_cache(self) -> FeatureCache:
+        """The cache the rows are replayed from (set from the first evaluation on)."""
+        if self.cache is None:
+            raise RuntimeError("RIVAL: the reference rows have no feature cache to be replayed from")
+        return self.cache
+
     def serve(self, router: RowRouter, call: ModelCall, layout: Layout, mode: AttentionMode,
               planned: Planned) -> AttentionPlan | None:
-        ev, cache = router.evaluation, self.cache
+        ev, cache = router.current, self.replay_cache
         key = evaluation_key(ev.sigma, ev.t)
         plain = mode is AttentionMode.PLAIN
         if not all(cache.has((*key, k), role, need_features=not plain) for k, rows in layout.parts
@@ -406,7 +432,7 @@ class SeparatePass(Replayed):
 
     def reference_pass(self, router: RowRouter, call: ModelCall, mode: AttentionMode, planned: Planned) -> None:
         """Run the evaluation's missing reference rows through the model's own path and record them."""
-        ev, cache = router.evaluation, self.cache
+        ev, cache = router.current, self.replay_cache
         key, plain = evaluation_key(ev.sigma, ev.t), mode is AttentionMode.PLAIN
         served = [] if plain else [*ev.roles, *(call.roles or [])]  # the whole layout where it is known
         wanted = router.layout(served, not plain, ev)
@@ -441,7 +467,7 @@ class UNetCall:
 
     roles = None
 
-    def __init__(self, unet: nn.Module, args: tuple, kwargs: dict, parameterization: str = "eps",
+    def __init__(self, unet: nn.Module, args: Args, kwargs: Kwargs, parameterization: str = "eps",
                  apart: bool = False) -> None:
         self.unet = unet
         self.parameterization = parameterization
@@ -451,7 +477,7 @@ class UNetCall:
         self.extra = next((p.name for p in self.signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
         self.changed = False
 
-    def _slot(self, role: str) -> tuple[dict, str] | None:
+    def _slot(self, role: str) -> tuple[dict[str, Any], str] | None:
         values = self.bound.arguments
         extra = values.get(self.extra, {}) if self.extra else {}
         for name in ARG_NAMES[role]:
@@ -471,20 +497,26 @@ class UNetCall:
             raise RuntimeError(f"RIVAL: the UNet call carries no {role} argument")
         slot[0][slot[1]] = value
 
-    def args(self) -> tuple[tuple, dict]:
+    def args(self) -> tuple[Args, Kwargs]:
         """The call's arguments as a forward pre-hook returns them."""
         return self.bound.args, dict(self.bound.kwargs)
 
     @property
+    def x(self) -> Tensor:
+        """The call's latent rows."""
+        x: Tensor = self.get("x")
+        return x
+
+    @property
     def rows(self) -> int:
-        return self.get("x").shape[0]
+        return self.x.shape[0]
 
     @property
     def device(self) -> torch.device:
-        return self.get("x").device
+        return self.x.device
 
     def reference_latent(self, chain: InversionChain, sigma: float, count: int) -> Tensor:
-        x = self.get("x")
+        x = self.x
         z = chain.reference_vp(sigma).to(x.device, x.dtype)
         return z.unsqueeze(0).expand(count, *z.shape)
 
@@ -494,7 +526,7 @@ class UNetCall:
         return eps_from_v(output, latent.to(output), float(abar_of_sigma(sigma)))
 
     def put_reference_rows(self, latents: Tensor, texts: Sequence[Conditioning], keep_own: bool) -> None:
-        x = self.get("x")
+        x = self.x
         t = torch.as_tensor(self.get("t"), device=x.device).reshape(-1)
         own = Conditioning(self.get("context"), self.get("y"))
         joined = Conditioning.cat([*[text.like(own) for text in texts], *([own] if keep_own else [])])
@@ -514,4 +546,5 @@ class UNetCall:
     def run(self) -> Tensor:
         """Through the UNet's class forward: another extension's instance forward (ControlNet's) is skipped."""
         args, kwargs = self.args()
-        return type(self.unet).forward(self.unet, *args, **kwargs)
+        output: Tensor = type(self.unet).forward(self.unet, *args, **kwargs)
+        return output

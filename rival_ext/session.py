@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .adain import adain, adain_denoised
-from .attention import AttentionPlan, SelfAttentionInjector
+from .attention import Args, AttentionPlan, Kwargs, SelfAttentionInjector
 from .conditioning import Role
 from .feature_cache import FeatureCache
 from .hooks import HookHandles
@@ -176,14 +176,14 @@ class RivalSession(Alignment):
         """Whether the reference rows run in a pass of their own now."""
         return "forward" in vars(self.unet) if self.separate is None else self.separate
 
-    def _before(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    def _before(self, module: nn.Module, args: Args, kwargs: Kwargs) -> tuple[Args, Kwargs] | None:
         self._plan(None)
         call = UNetCall(self.unet, args, kwargs, self.parameterization, self.apart)
         self._plan(self.rows.before(call, self.planned))
         self.injector.applied = 0
         return call.args() if call.changed else None
 
-    def _after(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+    def _after(self, module: nn.Module, args: Args, output: Tensor) -> Tensor | None:
         plan, self.plan = self.plan, None
         self._plan(None)
         check_reached(plan, self.injector.applied, len(self.injector.layers))

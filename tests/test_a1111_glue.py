@@ -221,7 +221,8 @@ def test_the_a1111_host_has_every_member_of_the_host_protocol(webui):
 
     model, _ = webui
     host = A1111Host(model)
-    members = [n for n in vars(Host) if not n.startswith("_")] + list(Host.__annotations__)
+    protocols = [c for c in Host.__mro__ if c.__module__ == Host.__module__]  # Host and ModelHost
+    members = [n for c in protocols for n in [*vars(c), *vars(c).get("__annotations__", {})] if not n.startswith("_")]
     assert {"align", "schedule", "encode_reference", "encode_text", "eps_model", "full_precision"} <= set(members)
     for name in members:
         assert hasattr(host, name), name

@@ -15,11 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from torch import nn
 
 BLOCK_FORWARD = ("_forward", "_original_inner_forward_cn_hijack")  # transformer blocks: (replaced, own)
 MODULE_FORWARD = ("forward", "original_forward_cn_hijack")  # the group-norm-hijacked UNet blocks
+
+
+class Script(Protocol):
+    """One of the request's always-on scripts (``p.scripts.alwayson_scripts``)."""
+
+    def title(self) -> str:
+        """The script's name (ControlNet's is "ControlNet")."""
+        ...
 
 
 def active_reference(p: object) -> str | None:
@@ -53,7 +62,7 @@ def own_forwards(unet: nn.Module) -> Iterator[None]:
             setattr(module, replaced, theirs)
 
 
-def _title(script: object) -> str:
+def _title(script: Script) -> str:
     try:
         return str(script.title())
     except Exception:

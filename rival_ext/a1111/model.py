@@ -24,12 +24,14 @@ from ..eps_models import UNetEps
 from ..host import AlignmentSpec, PassLevels, UnsupportedModel
 from ..noise import DiscreteSchedule, abar_of_sigma, eps_from_v
 from ..session import RivalSession
+from ..webui.objects import Processing
 from ..webui.sampling import override_schedule, pass_levels
 from ..webui.text import encode_text
 from .controlnet import BLOCK_FORWARD, active_reference, own_forwards
+from .objects import LatentDiffusion
 
 
-def unet_of(sd_model: object) -> nn.Module:
+def unet_of(sd_model: LatentDiffusion) -> nn.Module:
     """The UNet module whose attention layers RIVAL hooks."""
     return sd_model.model.diffusion_model
 
@@ -39,7 +41,7 @@ def is_sdxl(sd_model: object) -> bool:
     return bool(getattr(sd_model, "is_sdxl", False))
 
 
-def check_supported(sd_model: object, p: object = None) -> None:
+def check_supported(sd_model: LatentDiffusion | None, p: object = None) -> None:
     """Raise UnsupportedModel for model families and setups where RIVAL would be wrong (for this request ``p``)."""
     if sd_model is None:
         raise UnsupportedModel("no model is loaded")
@@ -73,7 +75,7 @@ def check_supported(sd_model: object, p: object = None) -> None:
                                    "(Settings > Hypertile) to use RIVAL")
 
 
-def schedule_of(sd_model: object) -> DiscreteSchedule:
+def schedule_of(sd_model: LatentDiffusion) -> DiscreteSchedule:
     """The model's own (possibly overridden) noise schedule, in float64."""
     return DiscreteSchedule(sd_model.alphas_cumprod.detach().to("cpu", torch.float64))
 
@@ -84,7 +86,7 @@ def parameterization_of(sd_model: object) -> str:
 
 
 @torch.no_grad()
-def encode_reference(sd_model: object, pixels: Tensor) -> Tensor:
+def encode_reference(sd_model: LatentDiffusion, pixels: Tensor) -> Tensor:
     """``scale_factor`` x the VAE posterior mean of the reference, as the official code (never a sample).
 
     ldm (SD1, SD2) returns the posterior: its ``mean`` is taken. sgm (SDXL) samples inside
@@ -108,10 +110,10 @@ def encode_reference(sd_model: object, pixels: Tensor) -> Tensor:
 def posterior_mode(sd_model: object) -> Iterator[None]:
     """sgm's ``DiagonalGaussianRegularizer`` returns the posterior's mode instead of a sample in the block."""
     regularizer = getattr(getattr(sd_model, "first_stage_model", None), "regularization", None)
-    if not isinstance(getattr(regularizer, "sample", None), bool):
+    sample = getattr(regularizer, "sample", None)
+    if regularizer is None or not isinstance(sample, bool):
         yield
         return
-    sample = regularizer.sample
     regularizer.sample = False
     try:
         yield
@@ -122,13 +124,14 @@ def posterior_mode(sd_model: object) -> Iterator[None]:
 class A1111Eps:
     """eps(z, t, cond) through ``sd_model.apply_model`` (v outputs converted), for the inversion."""
 
-    def __init__(self, sd_model: object, schedule: DiscreteSchedule) -> None:
+    def __init__(self, sd_model: LatentDiffusion, schedule: DiscreteSchedule) -> None:
         self.sd_model = sd_model
         self.schedule = schedule
         self.v = parameterization_of(sd_model) == "v"
 
     def __call__(self, z: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         """eps for VP latents ``z`` at timesteps ``t`` under A1111's casts and autocast."""
+        c: dict[str, Tensor | list[Tensor]]
         if cond.y is not None:
             c = {"crossattn": cond.context.to(z), "vector": cond.y.to(z)}
         else:
@@ -175,7 +178,7 @@ def class_forward(unet: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def full_precision(sd_model: object, schedule: DiscreteSchedule) -> Iterator[UNetEps]:
+def full_precision(sd_model: LatentDiffusion, schedule: DiscreteSchedule) -> Iterator[UNetEps]:
     """An fp32 eps model of the loaded UNet for the block (fp16 -> fp32 -> fp16 is exact).
 
     It calls the UNet directly with autocast off: A1111's ``apply_model`` would cast back to
@@ -193,7 +196,7 @@ def full_precision(sd_model: object, schedule: DiscreteSchedule) -> Iterator[UNe
         for tensor in tensors:
             tensor.data = tensor.data.float()
         if had_attr:
-            unet.dtype = torch.float32
+            _set_dtype(unet, torch.float32)
         device = next(unet.parameters()).device
         with no_autocast(device.type):
             yield UNetEps(unet, schedule, parameterization_of(sd_model))
@@ -201,10 +204,16 @@ def full_precision(sd_model: object, schedule: DiscreteSchedule) -> Iterator[UNe
         for tensor, dtype in zip(tensors, dtypes):
             tensor.data = tensor.data.to(dtype)
         if had_attr:
-            unet.dtype = old_attr
+            _set_dtype(unet, old_attr)
 
 
-def no_autocast(device_type: str) -> AbstractContextManager:
+def _set_dtype(unet: nn.Module, dtype: object) -> None:
+    """The UNet's own ``dtype`` instance attribute (ldm's; ``nn.Module``'s typing knows only tensors and modules
+    as attributes): set in the instance's dict, as ``setattr`` does for a value that is neither."""
+    vars(unet)["dtype"] = dtype
+
+
+def no_autocast(device_type: str) -> AbstractContextManager[object]:
     """Autocast off where the device type has autocast; nothing elsewhere (MPS raises on torch < 2.5)."""
     if device_type in ("cuda", "cpu", "xpu"):
         return torch.autocast(device_type=device_type, enabled=False)
@@ -222,19 +231,26 @@ class A1111Host:
 
     stacked_cfg_rows = True  # on_cfg_denoiser's x holds every row A1111 gives the model, uncond rows last
 
-    def __init__(self, sd_model: object) -> None:
-        self.model = sd_model
+    def __init__(self, sd_model: LatentDiffusion | None) -> None:
+        self.model = sd_model  # None: no model is loaded (check_supported says so)
 
-    def check_supported(self, p: object = None) -> None:
+    @property
+    def loaded(self) -> LatentDiffusion:
+        """The model, which ``check_supported`` found loaded before anything else reads it."""
+        if self.model is None:
+            raise UnsupportedModel("no model is loaded")
+        return self.model
+
+    def check_supported(self, p: Processing | None = None) -> None:
         check_supported(self.model, p)
 
     @property
     def unet(self) -> nn.Module:
-        return unet_of(self.model)
+        return unet_of(self.loaded)
 
     @cached_property
     def schedule(self) -> DiscreteSchedule:
-        return schedule_of(self.model)
+        return schedule_of(self.loaded)
 
     @property
     def parameterization(self) -> str:
@@ -256,31 +272,31 @@ class A1111Host:
     def on_gpu(self) -> bool:
         return devices.device.type == "cuda"
 
-    def pass_levels(self, p: object, txt2img: bool, hires: bool) -> PassLevels:
+    def pass_levels(self, p: Processing, txt2img: bool, hires: bool) -> PassLevels:
         return pass_levels(p, self.schedule, txt2img, hires)
 
     def callbacks_vp(self, levels: PassLevels) -> bool:
         """A1111's DDIM/PLMS/UniPC denoiser works on VP latents, timesteps and eps."""
         return levels.timesteps
 
-    def override_schedule(self, p: object, sigmas: Tensor) -> Callable[[], None]:
+    def override_schedule(self, p: Processing, sigmas: Tensor) -> Callable[[], None]:
         return override_schedule(p, sigmas)
 
-    def set_start_noise(self, p: object, x: Tensor, noise: Tensor, start_noise: Tensor, txt2img: bool) -> None:
+    def set_start_noise(self, p: Processing, x: Tensor, noise: Tensor, start_noise: Tensor, txt2img: bool) -> None:
         """In place: A1111 samples from the very tensors it handed ``process_before_every_sampling``."""
         (x if txt2img else noise).copy_(start_noise)
 
     def encode_reference(self, pixels: Tensor) -> Tensor:
-        return encode_reference(self.model, pixels)
+        return encode_reference(self.loaded, pixels)
 
     def encode_text(self, text: str, negative: bool, width: int, height: int) -> Conditioning:
-        return encode_text(self.model, text, negative, width, height)
+        return encode_text(self.loaded, text, negative, width, height)
 
     def eps_model(self) -> A1111Eps:
-        return A1111Eps(self.model, self.schedule)
+        return A1111Eps(self.loaded, self.schedule)
 
     def full_precision(self) -> AbstractContextManager[UNetEps]:
-        return full_precision(self.model, self.schedule)
+        return full_precision(self.loaded, self.schedule)
 
     @contextmanager
     def plain_model(self) -> Iterator[None]:
@@ -292,13 +308,13 @@ class A1111Host:
         devices.torch_gc()
 
     def decode(self, latent: Tensor) -> Image.Image:
-        return decode(self.model, latent)
+        return decode(self.loaded, latent)
 
     @property
     def layer_keys(self) -> list[tuple[str, int, int]]:
         return [block_key(layer.name) for layer in find_self_attention(self.unet)]
 
-    def align(self, p: object, spec: AlignmentSpec) -> A1111Session:
+    def align(self, p: Processing, spec: AlignmentSpec) -> A1111Session:
         """Module hooks on the UNet: attn1 pre- and post-hooks and the UNet's row hooks, until ``close``."""
         return A1111Session(self.unet, spec.params, spec.references, self.parameterization, features=spec.features,
                             where=spec.where, selected=spec.selected).install()
@@ -314,7 +330,8 @@ class A1111Session(RivalSession):
         self._own_forwards = own_forwards(self.unet)
         self._own_forwards.__enter__()
         try:
-            return super().install()
+            super().install()
+            return self
         except BaseException:
             self.remove()
             raise
@@ -329,7 +346,7 @@ class A1111Session(RivalSession):
 
 
 @torch.no_grad()
-def decode(sd_model: object, latent: Tensor) -> Image.Image:
+def decode(sd_model: LatentDiffusion, latent: Tensor) -> Image.Image:
     """A latent as a PIL image (for the reconstruction preview)."""
     x = sd_model.decode_first_stage(latent.to(devices.device, devices.dtype_vae))
     array = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()

@@ -25,8 +25,10 @@ from ..conditioning import Conditioning
 from ..eps_models import EpsModel
 from ..host import AlignmentSpec, PassLevels, UnsupportedModel
 from ..noise import DiscreteSchedule, vp_to_ve
+from ..webui.objects import Processing
 from ..webui.sampling import override_schedule, pass_levels
 from ..webui.text import encode_text
+from .objects import Denoiser, ForgeModel, Posterior, Predictor, UnetPatcher
 from .patches import ForgeAlignment
 
 
@@ -35,24 +37,25 @@ class ForgeHost:
 
     stacked_cfg_rows = False  # on_cfg_denoiser's x is one row per image; Forge batches the rows itself
 
-    def __init__(self, sd_model: Any) -> None:
+    def __init__(self, sd_model: ForgeModel) -> None:
         self.model = sd_model
 
     @property
-    def patcher(self) -> Any:
+    def patcher(self) -> UnetPatcher:
         """The UNet patcher the sampler will use (the pass's clone once RIVAL or another extension made it)."""
         return self.model.forge_objects.unet
 
     @property
-    def denoiser(self) -> Any:
+    def denoiser(self) -> Denoiser:
         """The patcher's model: Forge2's ``KModel``, ComfyUI's ``BaseModel``; ``apply_model`` gives x0."""
         return self.patcher.model
 
     @property
-    def predictor(self) -> Any:
-        return getattr(self.denoiser, "predictor", None) or self.denoiser.model_sampling
+    def predictor(self) -> Predictor:
+        predictor: Predictor = getattr(self.denoiser, "predictor", None) or self.denoiser.model_sampling
+        return predictor
 
-    def check_supported(self, p: object = None) -> None:
+    def check_supported(self, p: Processing | None = None) -> None:
         forge_objects = getattr(self.model, "forge_objects", None)
         if forge_objects is None or getattr(forge_objects, "unet", None) is None:
             raise UnsupportedModel("no UNet is loaded")
@@ -113,17 +116,17 @@ class ForgeHost:
     def on_gpu(self) -> bool:
         return self.device.type == "cuda"
 
-    def pass_levels(self, p: object, txt2img: bool, hires: bool) -> PassLevels:
+    def pass_levels(self, p: Processing, txt2img: bool, hires: bool) -> PassLevels:
         return pass_levels(p, self.schedule, txt2img, hires)
 
     def callbacks_vp(self, levels: PassLevels) -> bool:
         """Forge's CFG denoiser converts DDIM's VP latents to VE and sigma, and gives x0 to every callback."""
         return False
 
-    def override_schedule(self, p: object, sigmas: Tensor) -> Callable[[], None]:
+    def override_schedule(self, p: Processing, sigmas: Tensor) -> Callable[[], None]:
         return override_schedule(p, sigmas)
 
-    def set_start_noise(self, p: object, x: Tensor, noise: Tensor, start_noise: Tensor, txt2img: bool) -> None:
+    def set_start_noise(self, p: Processing, x: Tensor, noise: Tensor, start_noise: Tensor, txt2img: bool) -> None:
         """``p.modified_noise``: the sampler takes it instead of its own noise (scaled as that would be)."""
         p.modified_noise = start_noise.to(x.device, x.dtype)
 
@@ -166,7 +169,7 @@ class ForgeHost:
     def layer_keys(self) -> list[tuple[str, int, int]]:
         return [block_key(layer.name) for layer in find_self_attention(self.denoiser.diffusion_model)]
 
-    def align(self, p: object, spec: AlignmentSpec) -> ForgeAlignment:
+    def align(self, p: Processing, spec: AlignmentSpec) -> ForgeAlignment:
         """RIVAL's patches on a clone of the pass's UNet patcher, which becomes the one the sampler uses; closing
         the alignment puts the patcher it cloned back (while the clone is still the one in place)."""
         forge_objects = self.model.forge_objects
@@ -183,7 +186,7 @@ class ForgeHost:
 class ForgeEps:
     """eps(z, t, cond) through the denoiser's ``apply_model`` (x0 in VE form), with no patches: the inversion."""
 
-    def __init__(self, denoiser: Any, schedule: DiscreteSchedule, device: torch.device) -> None:
+    def __init__(self, denoiser: Denoiser, schedule: DiscreteSchedule, device: torch.device) -> None:
         self.denoiser = denoiser
         self.schedule = schedule
         self.device = device
@@ -200,7 +203,7 @@ class ForgeEps:
 
 
 @contextmanager
-def posterior_mode(vae: Any) -> Iterator[None]:
+def posterior_mode(vae: object) -> Iterator[None]:
     """Forge2's VAE returns the posterior's mode in the block (``model_vae_regulation``; ComfyUI's encodes
     the mode already)."""
     options = getattr(getattr(vae, "patcher", None), "model_options", None)
@@ -219,24 +222,24 @@ def posterior_mode(vae: Any) -> Iterator[None]:
             options.pop("model_vae_regulation", None)
 
 
-def _mode(posterior: Any) -> Tensor:
+def _mode(posterior: Posterior) -> Tensor:
     return posterior.mode()
 
 
 class Backend:
     """Forge's memory management: Forge2's ``backend.memory_management`` or ComfyUI's ``model_management``."""
 
-    def __init__(self, load: Callable[[Any], None], free: Callable[[], None]) -> None:
+    def __init__(self, load: Callable[[UnetPatcher], None], free: Callable[[], None]) -> None:
         self.load = load
         self.free = free
 
     @contextmanager
-    def loaded(self, patcher: Any) -> Iterator[None]:
+    def loaded(self, patcher: UnetPatcher) -> Iterator[None]:
         self.load(patcher)
         yield
 
 
-def backend(denoiser: Any) -> Backend:
+def backend(denoiser: Denoiser) -> Backend:
     """The memory management of the family the model belongs to (Forge2's models have a ``predictor``)."""
     if getattr(denoiser, "predictor", None) is not None:
         from backend import memory_management  # Forge, Forge Neo

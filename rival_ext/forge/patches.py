@@ -27,14 +27,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attention import AttentionPlan, blended_output, block_key, find_self_attention, planned_context
+from ..attention import (
+    AttentionPlan,
+    blended_output,
+    block_key,
+    find_self_attention,
+    injected_context,
+    planned_context,
+)
 from ..chain import InversionChain
 from ..conditioning import Conditioning, Role
 from ..host import AlignmentSpec
-from ..reference_rows import RowRouter
+from ..reference_rows import Evaluation, RowRouter
 from ..session import Alignment, check_reached
+from .objects import UnetPatcher
 
-ApplyModel = Callable[..., Tensor]
+ApplyModel = Callable[..., Tensor]  # the denoiser's apply_model(input, timestep, **c)
+WrapperArgs = dict[str, Any]  # a model function wrapper's call: input, timestep, c, cond_or_uncond
 OWN_KEYS = {"c_crossattn", "y", "transformer_options", "control", "control_model"}  # c keys RIVAL extends
 FOREIGN_ROW_OPTIONS = ("patches_replace", "block_modifiers", "block_inner_modifiers", "group_norm_wrapper")
 
@@ -48,7 +57,7 @@ class Patch:
     def __call__(self, *args: Any) -> Any:
         return self.function(*args)
 
-    def __deepcopy__(self, memo: dict) -> Patch:
+    def __deepcopy__(self, memo: dict[int, object]) -> Patch:
         return self
 
 
@@ -57,19 +66,19 @@ class DenoiserCall:
     (one sigma per row), ``c`` (``c_crossattn``, SDXL's ``y``, ControlNet's ``control``, the
     ``transformer_options``), ``cond_or_uncond`` (the role of each equal chunk of rows: 0 cond, 1 uncond)."""
 
-    def __init__(self, apply_model: ApplyModel, args: dict, run: Callable[[dict], Tensor], own_patches: dict,
-                 apart: bool | None = None) -> None:
+    def __init__(self, apply_model: ApplyModel, args: WrapperArgs, run: Callable[[WrapperArgs], Tensor],
+                 own_patches: dict[str, list[Patch]], apart: bool | None = None) -> None:
         self.apply_model = apply_model
         self.x: Tensor = args["input"]
         self.sigma: Tensor = args["timestep"]
-        self.c: dict = dict(args["c"])
+        self.c: dict[str, Any] = dict(args["c"])
         self.chunks: list[int] = list(args["cond_or_uncond"])
         self._run = run
         self.own_patches = own_patches
         self.changed = False
         self.apart = self.foreign_rows() if apart is None else apart
 
-    def arguments(self) -> dict:
+    def arguments(self) -> WrapperArgs:
         return {"input": self.x, "timestep": self.sigma, "c": self.c, "cond_or_uncond": self.chunks}
 
     @property
@@ -148,7 +157,7 @@ class ForgeAlignment(Alignment):
     RIVAL's back around it. ``restore`` (optional) is called once when the alignment is removed.
     """
 
-    def __init__(self, current: Callable[[], Any], spec: AlignmentSpec,
+    def __init__(self, current: Callable[[], UnetPatcher], spec: AlignmentSpec,
                  restore: Callable[[], None] | None = None) -> None:
         self.current = current
         self.restore = restore
@@ -165,7 +174,7 @@ class ForgeAlignment(Alignment):
         self.attn1 = Patch(self._attn1)
         self.attn1_output = Patch(self._attn1_output)
         self.wrapper = Patch(self._wrapper)
-        self.inner: Callable | None = None  # a wrapper that was there before RIVAL's
+        self.inner: Callable[[ApplyModel, WrapperArgs], Tensor] | None = None  # a wrapper there before RIVAL's
         self._blend: tuple[int, Tensor, Tensor, Tensor] | None = None  # the blended layer's inputs
 
     @property
@@ -201,18 +210,18 @@ class ForgeAlignment(Alignment):
 
     close = remove
 
-    def begin(self, sigma: float, t: float, roles: Sequence[Role], x: Tensor | None = None):
+    def begin(self, sigma: float, t: float, roles: Sequence[Role], x: Tensor | None = None) -> Evaluation:
         self.ensure_installed()
         return super().begin(sigma, t, roles, x)
 
     # -- the model function wrapper ---------------------------------------------------------------
 
-    def _run(self, apply_model: ApplyModel, args: dict) -> Tensor:
+    def _run(self, apply_model: ApplyModel, args: WrapperArgs) -> Tensor:
         if self.inner is not None:
             return self.inner(apply_model, args)
         return apply_model(args["input"], args["timestep"], **args["c"])
 
-    def _wrapper(self, apply_model: ApplyModel, args: dict) -> Tensor:
+    def _wrapper(self, apply_model: ApplyModel, args: WrapperArgs) -> Tensor:
         call = DenoiserCall(apply_model, args, lambda a: self._run(apply_model, a), self.own_patches)
         if self.closed or not self.owns(call):
             return call.run_wrapped()
@@ -237,14 +246,15 @@ class ForgeAlignment(Alignment):
 
     # -- the attn1 patch --------------------------------------------------------------------------
 
-    def _attn1(self, n: Tensor, context: Tensor, value: Tensor, extra_options: dict) -> tuple[Tensor, Tensor, Tensor]:
+    def _attn1(self, n: Tensor, context: Tensor, value: Tensor,
+               extra_options: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         plan: AttentionPlan | None = self.plan
         if plan is None or self.closed:
             return n, context, value
         self.applied += 1
         block = extra_options.get("block")
         key = (block[0], int(block[1]), int(extra_options.get("block_index", 0))) if block else None
-        layer = self.layer_of.get(key)
+        layer = None if key is None else self.layer_of.get(key)
         if layer is None:
             raise RuntimeError(f"RIVAL: an unknown self-attention layer {key} reached RIVAL's patch")
         injected = planned_context(context, plan, layer)
@@ -254,10 +264,10 @@ class ForgeAlignment(Alignment):
             return n, context, value
         if value is context:
             return n, injected, injected
-        return n, injected, planned_context(value, plan, layer, record=False)
+        return n, injected, injected_context(value, plan, layer)  # as planned_context's, which injected
 
 
-    def _attn1_output(self, out: Tensor, extra_options: dict) -> Tensor:
+    def _attn1_output(self, out: Tensor, extra_options: dict[str, Any]) -> Tensor:
         """A blended layer's output moved towards each reference (its inputs kept by ``_attn1``)."""
         blend, self._blend = self._blend, None
         plan = self.plan
@@ -267,7 +277,8 @@ class ForgeAlignment(Alignment):
         module = self.modules[layer]
 
         def attend(x: Tensor, keys: Tensor, values: Tensor) -> Tensor:
-            return module(x, context=keys, value=values)
+            attended: Tensor = module(x, context=keys, value=values)
+            return attended
 
         return blended_output(out, hidden, context, value, plan, layer, attend)
 
@@ -280,7 +291,7 @@ def _paddable(control: object, rows: int) -> bool:
                for listed in control.values() for t in (listed or []))
 
 
-def _padded(control: dict, count: int) -> dict:
+def _padded(control: dict[str, list[Tensor | None]], count: int) -> dict[str, list[Tensor | None]]:
     """ControlNet's residuals with zero rows in front for the reference rows (no control for them)."""
     return {key: [None if t is None else torch.cat([t.new_zeros((count, *t.shape[1:])), t]) for t in listed]
             for key, listed in control.items()}

@@ -14,7 +14,9 @@ import base64
 import binascii
 import io
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from enum import Enum
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -22,6 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from ..params import PRESETS, STRENGTH_RANGE, ReferencePrompt, RivalParams, number_in, preset
 from ..request import MAX_MORE_REFERENCES, ExtraReference, RivalInputError, RivalRequest
 from .fields import CUSTOM, FIELDS, MORE_SLOTS, PRESET_LABELS, TABLE, panel_value
+
+T = TypeVar("T")
 
 AMOUNTS = ("attention_strength", "adain_strength", "reference_weight")  # how much, not which application
 EXTRA_KEYS = ("image", "weight", "mask")
@@ -52,7 +56,7 @@ def parse_named(values: dict[str, object], positional: bool = False) -> RivalReq
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise RivalInputError(f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(FIELDS)}")
-    named: dict[str, object] = {}
+    named: dict[str, Any] = {}  # RivalRequest's fields, each checked below
     changes: dict[str, object] = {}
     for f in TABLE:
         value = values.get(f.name)
@@ -63,11 +67,11 @@ def parse_named(values: dict[str, object], positional: bool = False) -> RivalReq
         elif f.param and value is None:
             continue
         elif f.kind == "bool":
-            (changes if f.param else named)[f.name] = _bool(values, f.name, f.default)
+            (changes if f.param else named)[f.name] = _bool(values, f.name, f.default is True)
         elif f.kind in ("number", "layers"):
             changes[f.name] = value  # RivalParams checks it (range, layer names)
         elif f.kind == "choice":
-            changes[f.name] = _choice(value, f.name, f.choices)
+            changes[f.name] = _choice(value, f.name, f.labels)
         elif f.kind == "text":
             if not isinstance(value, str):
                 raise RivalInputError(f"{f.name} must be a string")
@@ -129,7 +133,7 @@ def same_as_preset(params: RivalParams, base: RivalParams) -> bool:
     return params.with_values(**amounts) == base
 
 
-def _library(check: object, *args: object, **kwargs: object) -> object:
+def _library(check: Callable[..., T], *args: object, **kwargs: object) -> T:
     """Call one of the library's validators; its ValueError becomes a 422."""
     try:
         return check(*args, **kwargs)
@@ -198,10 +202,10 @@ def _bool(values: dict[str, object], name: str, default: bool) -> bool:
     return value
 
 
-def _choice(value: object, name: str, labels: dict) -> object:
+def _choice(value: object, name: str, labels: Mapping[str, object]) -> object:
     if isinstance(value, str) and value in labels:
         return labels[value]
-    allowed = {e.value for e in labels.values()}
+    allowed = {e.value for e in labels.values() if isinstance(e, Enum)}  # a choice field's values are enums
     if isinstance(value, str) and value in allowed:
         return value
     raise RivalInputError(f"{name} must be one of {', '.join(sorted(allowed))}; got {value!r}")

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from torch import Tensor
+
 from ..conditioning import Role
 from ..hooks import swap_attribute
 from ..image import pixel_hash
 from ..job import RivalJob
 from ..request import RivalInputError, RivalRuntimeError
 from . import settings
-from .args import FIELDS, parse_args
+from .args import parse_args
+from .fields import FIELDS
 from .hosts import host_for
 from .infotext import generation_params
+from .objects import AfterCFGCallbackParams, CFGDenoiserParams, Processed, Processing
 from .official import apply_official_settings
 from .progress import WebUIProgress
 from .sampling import pass_request
@@ -44,7 +48,7 @@ class RivalAbort(BaseException):
 class Generation:
     """The job of one generation and the ``p.sample`` wrapper that ends each of its batches cleanly."""
 
-    def __init__(self, p: object, job: RivalJob) -> None:
+    def __init__(self, p: Processing, job: RivalJob) -> None:
         self.p = p
         self.job = job
         self._restore_sample: Callable[[], None] | None = None
@@ -93,7 +97,7 @@ def job_of(p: object) -> RivalJob | None:
     return None if generation is None else generation.job
 
 
-def start(p: object, args: Sequence[object], default_preset: str = "variation") -> None:
+def start(p: Processing, args: Sequence[object], default_preset: str = "variation") -> None:
     """``process``: validate the panel, attach a job to ``p`` and make ``p.sample`` clean up.
 
     ``default_preset`` is the preset the panel starts with (the API pads a dict with its values).
@@ -118,8 +122,9 @@ def start(p: object, args: Sequence[object], default_preset: str = "variation") 
     generation.wrap_sample()
     setattr(p, JOB_ATTRIBUTE, generation)
     reference = parsed.reference_image
-    if parsed.use_init_image and getattr(p, "init_images", None):
-        reference = p.init_images[0]
+    init_images = getattr(p, "init_images", None) if parsed.use_init_image else None  # img2img's
+    if init_images:
+        reference = init_images[0]
     image_hash = pixel_hash(reference) if reference is not None else "init image"
     p.extra_generation_params.update(generation_params(parsed, image_hash))
 
@@ -142,7 +147,7 @@ def _refuse(p: object, error: RivalInputError) -> None:
     print(f"{error}")
 
 
-def before_every_sampling(p: object, x: object, noise: object) -> None:
+def before_every_sampling(p: Processing, x: Tensor, noise: Tensor) -> None:
     """``process_before_every_sampling``: prepare the pass that is about to sample."""
     job = job_of(p)
     if job is None:
@@ -156,7 +161,7 @@ def before_every_sampling(p: object, x: object, noise: object) -> None:
         raise RivalAbort(error) from None
 
 
-def on_cfg_denoiser(params: object) -> None:
+def on_cfg_denoiser(params: CFGDenoiserParams) -> None:
     """Global ``on_cfg_denoiser``: open the evaluation for the job of the denoiser's ``p``."""
     global _open
     _open = None
@@ -165,20 +170,21 @@ def on_cfg_denoiser(params: object) -> None:
         return
     from modules import shared
 
-    if shared.sd_model is not job.host.model:
+    prepared, _ = job.installed_pass()
+    if shared.sd_model is not prepared.host.model:
         job.stop("stopped at the refiner switch")
         return
     n_cond, n_uncond = params.text_cond.shape[0], params.text_uncond.shape[0]
     roles = [Role.COND] * n_cond + [Role.UNCOND] * n_uncond
-    images = slice(-n_uncond, None) if job.host.stacked_cfg_rows else slice(None)
+    images = slice(-n_uncond, None) if prepared.host.stacked_cfg_rows else slice(None)
     level = float(params.sigma.reshape(-1)[0])
     params.x = job.open_evaluation(level, params.x, roles, images)
-    if job.prepared.regenerate is not None:
+    if prepared.regenerate is not None:
         params.denoiser.mask = None  # the WebUI's own blend would pull the keep region off the chain
     _open = job
 
 
-def on_cfg_after_cfg(params: object) -> None:
+def on_cfg_after_cfg(params: AfterCFGCallbackParams) -> None:
     """Global ``on_cfg_after_cfg``: finish the evaluation opened by ``on_cfg_denoiser`` (AdaIN)."""
     global _open
     job, _open = _open, None
@@ -191,7 +197,7 @@ def on_cfg_after_cfg(params: object) -> None:
         raise RivalAbort(error) from None
 
 
-def post_sample(p: object, samples: object) -> None:
+def post_sample(p: Processing, samples: object) -> None:
     """``post_sample``: final inpainting overwrite, and the notes into the infotext."""
     job = job_of(p)
     if job is None:
@@ -201,7 +207,7 @@ def post_sample(p: object, samples: object) -> None:
         p.extra_generation_params["RIVAL notes"] = "; ".join(job.notes)
 
 
-def postprocess(p: object, processed: object) -> None:
+def postprocess(p: Processing, processed: Processed | None) -> None:
     """Add the reconstruction preview to the gallery, then drop the job."""
     job = job_of(p)
     if job is not None and job.reconstructions and processed is not None:

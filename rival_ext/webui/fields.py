@@ -9,9 +9,12 @@ The row order is the positional order of the panel's values: append only.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
+from typing import Any
+
+from PIL import Image
 
 from ..image import pixel_hash
 from ..params import (
@@ -62,17 +65,25 @@ class Field:
     hint: str
     default: object = FROM_PRESET
     range: tuple[float, float] | None = None
-    choices: dict[str, object] | None = None
+    choices: Mapping[str, object] | None = None
     info: bool = False
     key: str | None = None
     write: Callable[[RivalRequest], object] | None = None
-    read: Callable[[dict], object] | None = None
-    axis: tuple[str, type, Callable[[object], object], Callable[[], list[str]] | None] | None = None
+    read: Callable[[dict[str, Any]], object] | None = None
+    # X/Y/Z: the axis label, the type A1111 converts a cell's text to, what makes the panel value of that, choices
+    axis: tuple[str, type, Callable[[Any], object], Callable[[], list[str]] | None] | None = None
 
     @property
     def param(self) -> bool:
         """Whether the value belongs to RivalParams (the library validates it)."""
         return self.name in _PARAM_NAMES
+
+    @property
+    def labels(self) -> Mapping[str, object]:
+        """``choices`` of a field that offers some (a choice, the preset, the layers)."""
+        if self.choices is None:
+            raise ValueError(f"the field {self.name} offers no choices")
+        return self.choices
 
 
 _PARAM_NAMES = frozenset(f.name for f in fields(RivalParams))
@@ -83,7 +94,7 @@ def bool_text(value: object) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes", "on")
 
 
-def label_of(labels: dict, value: object) -> str:
+def label_of(labels: Mapping[str, object], value: object) -> str:
     """The panel label of an enum value."""
     return next(label for label, v in labels.items() if v == value)
 
@@ -92,8 +103,9 @@ def _number(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
 
 
-def _choice_reader(key: str, labels: dict, enum: type[Enum], missing: str | None = None) -> Callable[[dict], object]:
-    def read(d: dict) -> object:
+def _choice_reader(key: str, labels: Mapping[str, object], enum: type[Enum],
+                   missing: str | None = None) -> Callable[[dict[str, Any]], object]:
+    def read(d: dict[str, Any]) -> object:
         try:
             return label_of(labels, enum(d.get(key, missing)))
         except (ValueError, StopIteration):
@@ -102,7 +114,7 @@ def _choice_reader(key: str, labels: dict, enum: type[Enum], missing: str | None
     return read
 
 
-def _preset_title(d: dict) -> object:
+def _preset_title(d: dict[str, Any]) -> object:
     name = d.get(PRESET_KEY)
     if name is None:
         return KEEP
@@ -126,9 +138,9 @@ SWITCH_RULE_LABELS = {
 PRESET_LABELS = {p.title: name for name, p in PRESETS.items()} | {"Custom": CUSTOM}
 TIMESTEPS = (0.0, TIMESTEP_MAX)
 
-def _amount(key: str) -> Callable[[dict], object]:
+def _amount(key: str) -> Callable[[dict[str, Any]], object]:
     """Paste-back of a strength or weight: its value, 1 where the infotext has none (written only when not 1)."""
-    def read(d: dict) -> object:
+    def read(d: dict[str, Any]) -> object:
         try:
             return float(d.get(key, 1.0))
         except (TypeError, ValueError):
@@ -147,11 +159,11 @@ def _extra_slots(a: RivalRequest) -> object:
     return ", ".join(f"{pixel_hash(r.image)}:{_number(r.weight)}" for r in a.more_references)
 
 
-def _hash_of(image: object) -> object:
+def _hash_of(image: Image.Image | None) -> object:
     return None if image is None else pixel_hash(image)
 
 
-def _keep(_d: dict) -> object:
+def _keep(_d: dict[str, Any]) -> object:
     """Paste-back of an image: the infotext records it by hash only; re-add it yourself."""
     return KEEP
 
@@ -333,6 +345,7 @@ def titled_by_id() -> dict[str, str]:
 
 def panel_value(f: Field, base: Preset) -> object:
     """The value the panel shows for ``f`` when ``base`` is the preset."""
+    value: object
     if f.default is PRESET_TITLE:
         value = base.title
     elif f.default is FROM_PRESET:
@@ -340,7 +353,7 @@ def panel_value(f: Field, base: Preset) -> object:
     else:
         value = f.default
     if f.kind == "choice":
-        return label_of(f.choices, value)
+        return label_of(f.labels, value)
     return value
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..host import Host
+from .objects import Processing
 
 
-def host_for(sd_model: object) -> Host:
-    """The adapter of the WebUI that loaded ``sd_model``.
+def host_for(sd_model: Any) -> Host[Processing]:
+    """The adapter of the WebUI that loaded ``sd_model`` (the WebUI's ``shared.sd_model``, untyped there; None
+    when no model is loaded).
 
     Every Forge fork hands an extension ``sd_model.forge_objects`` (a UNet patcher that is cloned for
     each sampling pass): Forge and Forge Neo (``backend``), reForge and Forge Classic (``ldm_patched``).

@@ -10,7 +10,9 @@ def generation_params(args: RivalRequest, image_hash: str) -> dict[str, object]:
     """Infotext entries for a generation; the reference is recorded by a short hash only."""
     out: dict[str, object] = {}
     for f in TABLE:
-        value = f.write(args) if f.write is not None else None
+        if f.write is None or f.key is None:  # not written (a written field has its key)
+            continue
+        value = f.write(args)
         if value is not None:
             out[f.key] = value
     out[REFERENCE_KEY] = image_hash

@@ -18,9 +18,10 @@ from torch import Tensor
 from ..hooks import swap_attribute
 from ..host import PassLevels, PassRequest, UnsupportedModel
 from ..noise import DiscreteSchedule
+from .objects import Processing, has_sigmas, has_timesteps
 
 
-def pass_levels(p: object, schedule: DiscreteSchedule, txt2img: bool, hires: bool) -> PassLevels:
+def pass_levels(p: Processing, schedule: DiscreteSchedule, txt2img: bool, hires: bool) -> PassLevels:
     """The sigmas the sampler will visit in this pass, ending at the chain's origin."""
     from modules import sd_samplers_common
 
@@ -31,14 +32,14 @@ def pass_levels(p: object, schedule: DiscreteSchedule, txt2img: bool, hires: boo
         steps, t_enc = sd_samplers_common.setup_img2img_steps(p)
     else:
         steps, t_enc = p.steps, None
-    if hasattr(sampler, "get_sigmas"):
+    if has_sigmas(sampler):
         full = torch.as_tensor(sampler.get_sigmas(p, steps), dtype=torch.float64).cpu()
         official = schedule.official_end(full)
         sigmas = full if official is None else official
         if t_enc is not None:
             sigmas = sigmas[steps - t_enc - 1 :]
         return PassLevels(sigmas, timesteps=False, txt2img=txt2img, sampler_sigmas=official)
-    if hasattr(sampler, "get_timesteps"):
+    if has_timesteps(sampler):
         ts = torch.as_tensor(sampler.get_timesteps(p, steps)).long().cpu()
         if t_enc is not None:
             ts = ts[: t_enc + 1]
@@ -47,13 +48,13 @@ def pass_levels(p: object, schedule: DiscreteSchedule, txt2img: bool, hires: boo
     raise UnsupportedModel(f"the sampler {type(sampler).__name__} has no noise schedule RIVAL can read")
 
 
-def override_schedule(p: object, sigmas: Tensor) -> Callable[[], None]:
+def override_schedule(p: Processing, sigmas: Tensor) -> Callable[[], None]:
     """The pass's k-diffusion sampler takes ``sigmas`` (``get_sigmas`` reads the override); returns the undo."""
     schedule = sigmas.float()
     return swap_attribute(p, "sampler_noise_scheduler_override", lambda _steps: schedule)
 
 
-def pass_request(p: object, x: Tensor, noise: Tensor) -> PassRequest:
+def pass_request(p: Processing, x: Tensor, noise: Tensor) -> PassRequest:
     """The pass about to sample (``process_before_every_sampling``'s ``p``, ``x`` and ``noise``)."""
     batch, _, h, w = x.shape
     hires = bool(getattr(p, "is_hr_pass", False))
@@ -61,7 +62,7 @@ def pass_request(p: object, x: Tensor, noise: Tensor) -> PassRequest:
     nmask = getattr(p, "nmask", None)
     masked = getattr(p, "image_mask", None) is not None and nmask is not None
     regenerate = None
-    if masked:
+    if masked and nmask is not None:
         regenerate = (nmask[0] if nmask.dim() == 3 else nmask.reshape(-1, *nmask.shape[-2:])[0]) >= 0.5
     init_latent = getattr(p, "init_latent", None)
     return PassRequest(
@@ -78,13 +79,13 @@ def pass_request(p: object, x: Tensor, noise: Tensor) -> PassRequest:
     )
 
 
-def current_prompt(p: object) -> str:
+def current_prompt(p: Processing) -> str:
     """The batch's first prompt, with extra-network tags already stripped by the WebUI."""
     prompts = getattr(p, "prompts", None) or getattr(p, "all_prompts", None)
     return prompts[0] if prompts else getattr(p, "prompt", "")
 
 
-def encoded_init_image(p: object) -> Image.Image | None:
+def encoded_init_image(p: Processing) -> Image.Image | None:
     """img2img's first init image as the WebUI encodes it: flattened, resized by its resize mode, or the
     "Only masked" crop resized to the generation size (``StableDiffusionProcessingImg2Img.init``)."""
     images_in = getattr(p, "init_images", None)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 
 from ..conditioning import Conditioning
+from .objects import ConditioningModel
 
 
 @torch.no_grad()
-def encode_text(sd_model: object, text: str, negative: bool, width: int, height: int) -> Conditioning:
+def encode_text(sd_model: ConditioningModel, text: str, negative: bool, width: int, height: int) -> Conditioning:
     """One conditioning row for ``text`` (SDXL: with its pooled vector and size ids)."""
     from modules import devices
 

@@ -12,12 +12,14 @@ lines come from the field table; only the layout is here.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import gradio as gr
 
 from ..params import PRESETS, ReferencePrompt, preset
 from .args import panel_defaults, parse_named, same_as_preset
 from .fields import FIELD, FIELDS, KEEP, MORE_SLOTS, PRESET_LABELS, PRESET_OUTPUTS, TABLE, panel_value
+from .objects import PanelScript
 from .official import official_settings
 
 SLOT_HEIGHT = 180  # px: the further references' and the masks' image boxes, smaller than the main reference's
@@ -51,7 +53,7 @@ def custom_prompt_visibility(reference_prompt: str) -> object:
 
 
 def _is_custom(reference_prompt: str) -> bool:
-    return FIELD["reference_prompt"].choices.get(reference_prompt) is ReferencePrompt.CUSTOM
+    return FIELD["reference_prompt"].labels.get(reference_prompt) is ReferencePrompt.CUSTOM
 
 
 def preset_values(title: str) -> list[object]:
@@ -62,7 +64,7 @@ def preset_values(title: str) -> list[object]:
     return [panel_value(FIELD[output], preset(name)) for output in PRESET_OUTPUTS]
 
 
-def _props(name: str, values: dict[str, object], elem: object) -> dict[str, object]:
+def _props(name: str, values: dict[str, object], elem: Callable[[str], str]) -> dict[str, object]:
     """A component's keyword arguments from its row of the field table."""
     f = FIELD[name]
     props: dict[str, object] = {"label": f.label, "value": values[name], "elem_id": elem(name)}
@@ -75,7 +77,7 @@ def _props(name: str, values: dict[str, object], elem: object) -> dict[str, obje
     return props
 
 
-def build(script: object, is_img2img: bool, default_preset: str = "variation") -> list[gr.components.Component]:
+def build(script: PanelScript, is_img2img: bool, default_preset: str = "variation") -> list[gr.components.Component]:
     """Create the panel; returns its components in ``fields.FIELDS`` order."""
     from modules.ui_components import InputAccordion
 
@@ -98,7 +100,7 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
         t_early = gr.Slider(**_props("t_early", values, elem))
         early_plain = gr.Slider(**_props("early_plain", values, elem))
         reference_prompt = gr.Radio(**_props("reference_prompt", values, elem))
-        custom_prompt = gr.Textbox(lines=1, visible=_is_custom(values["reference_prompt"]),
+        custom_prompt = gr.Textbox(lines=1, visible=_is_custom(str(values["reference_prompt"])),
                                    **_props("custom_prompt", values, elem))
         init_latent = gr.Radio(**_props("init_latent", values, elem))
         layers = gr.Dropdown(allow_custom_value=True, **_props("layers", values, elem))
@@ -145,7 +147,7 @@ def build(script: object, is_img2img: bool, default_preset: str = "variation") -
     return [components[name] for name in FIELDS]
 
 
-def collect_sampling_control(script: object, component: object, elem_id: str | None) -> None:
+def collect_sampling_control(script: PanelScript, component: object, elem_id: str | None) -> None:
     """Keep A1111's steps, CFG, sampler and schedule controls of the script's tab (``after_component``)."""
     tab = "img2img" if getattr(script, "is_img2img", False) else "txt2img"
     name = (elem_id or "").removeprefix(f"{tab}_")
@@ -155,7 +157,7 @@ def collect_sampling_control(script: object, component: object, elem_id: str | N
         connect_official(script)
 
 
-def connect_official(script: object) -> None:
+def connect_official(script: PanelScript) -> None:
     """Wire "Use the official CFG, steps and sampler" once the button and A1111's controls all exist."""
     button, preset_box = getattr(script, "rival_official_button", (None, None))
     controls = getattr(script, "rival_sampling_controls", {})
@@ -171,14 +173,14 @@ def official_values(title: str) -> list[object]:
     return [settings[SAMPLING_CONTROLS[name]] for name in SAMPLING_CONTROLS]
 
 
-def connect_gallery(script: object, gallery: object) -> None:
+def connect_gallery(script: PanelScript, gallery: object) -> None:
     """Wire "Use the selected result" to the tab's gallery once A1111 has created it."""
     button, index, image = getattr(script, "rival_result_button", (None, None, None))
     if button is not None:
         button.click(selected_image, inputs=[index, gallery], outputs=[image], **{JS: "rivalSelectedResult"})
 
 
-def selected_image(index: float, gallery: list | None) -> object:
+def selected_image(index: float, gallery: list[object] | None) -> object:
     """The gallery item at ``index`` as a PIL image.
 
     gradio 3 gives each item as a path, a ``{"name": path}`` or ``{"data": data URL}`` dict or a data URL; gradio 4
@@ -204,16 +206,16 @@ def selected_image(index: float, gallery: list | None) -> object:
     return decode_image(item)
 
 
-def _preset_props(is_img2img: bool, values: dict[str, object], elem: object) -> dict[str, object]:
+def _preset_props(is_img2img: bool, values: dict[str, object], elem: Callable[[str], str]) -> dict[str, object]:
     """The preset box; txt2img does not offer the presets that need img2img (unless it is the default)."""
     props = _props("preset", values, elem)
     if not is_img2img:
-        props["choices"] = [title for title in props["choices"]
+        props["choices"] = [title for title in FIELD["preset"].labels
                             if PRESET_LABELS[title] not in IMG2IMG_ONLY or title == values["preset"]]
     return props
 
 
-def infotext_fields(components: dict) -> list[tuple[object, object]]:
+def infotext_fields(components: dict[str, object]) -> list[tuple[object, object]]:
     """(component, infotext key or reader) pairs A1111 uses to paste parameters back."""
     pairs: list[tuple[object, object]] = []
     for f in TABLE:

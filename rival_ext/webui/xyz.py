@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .fields import TABLE, bool_text
 
@@ -14,7 +15,7 @@ def overrides_of(p: object) -> dict[str, object]:
     return dict(getattr(p, OVERRIDES, None) or {})
 
 
-def setter(name: str, convert: Callable[[object], object]) -> Callable[[object, object, object], None]:
+def setter(name: str, convert: Callable[[Any], object]) -> Callable[[object, object, object], None]:
     """An AxisOption ``apply`` that overrides one named panel value for the cell."""
     def apply(p: object, value: object, _values: object) -> None:
         overrides = overrides_of(p)
