@@ -100,6 +100,10 @@ echo "run_tests.sh: leg $leg, $("$vpy" -c 'import sys, torch, numpy; print("Pyth
 
 if [[ "$leg" == current ]]; then
     "$vpy" -m ruff check .
+    # The type check (pyproject.toml's [tool.mypy]: the host-free library strict, the WebUI layer and the host
+    # adapters with every body checked); a type error fails the leg before any test runs.
+    echo "run_tests.sh: mypy (pyproject.toml's [tool.mypy]: package rival_ext)"
+    "$vpy" -m mypy
 fi
 # The suite once per stub WebUI (tests/harness.py): A1111 runs every test, Forge and reForge the host-neutral ones and
 # their own (the rest is deselected there; a -k that selects nothing for one of them is not a failure).
