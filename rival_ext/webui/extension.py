@@ -178,7 +178,9 @@ def on_cfg_denoiser(params: CFGDenoiserParams) -> None:
     roles = [Role.COND] * n_cond + [Role.UNCOND] * n_uncond
     images = slice(-n_uncond, None) if prepared.host.stacked_cfg_rows else slice(None)
     level = float(params.sigma.reshape(-1)[0])
-    params.x = job.open_evaluation(level, params.x, roles, images)
+    x = job.open_evaluation(level, params.x, roles, images)
+    if x is not params.x:  # in place: reForge and Forge Classic hand the model their own x, not params.x
+        params.x.copy_(x)
     if prepared.regenerate is not None:
         params.denoiser.mask = None  # the WebUI's own blend would pull the keep region off the chain
     _open = job

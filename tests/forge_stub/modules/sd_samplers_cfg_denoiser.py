@@ -27,6 +27,8 @@ from modules.shared import opts, state
 
 
 class CFGDenoiser(torch.nn.Module):
+    patcher_family = False  # reforge_flavour: reForge's forward (see there)
+
     def __init__(self, sampler):
         super().__init__()
         self.model_wrap = None
@@ -62,7 +64,7 @@ class CFGDenoiser(torch.nn.Module):
             sigma = real_sigma
         cond_composition, cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)
         uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step) if uncond is not None else None
-        if self.mask is not None:
+        if self.mask is not None and (self.mask_before_denoising or not self.patcher_family):
             predictor = predictor_of(self.inner_model.inner_model.forge_objects.unet.model)
             noisy = predictor.noise_scaling(sigma[:, None, None, None], torch.randn_like(self.init_latent),
                                             self.init_latent, max_denoise=False)
@@ -70,6 +72,8 @@ class CFGDenoiser(torch.nn.Module):
         denoiser_params = CFGDenoiserParams(x, image_cond, sigma, state.sampling_step, state.sampling_steps, cond,
                                             uncond, self)
         cfg_denoiser_callback(denoiser_params)
+        if self.patcher_family:
+            denoiser_params.x = x  # reForge hands the model its own x: an assigned params.x is not read
         if opts.skip_early_cond > 0 and self.step / self.total_steps <= opts.skip_early_cond:
             cond_scale = 1.0
             self.p.extra_generation_params["Skip Early CFG"] = opts.skip_early_cond
@@ -79,7 +83,7 @@ class CFGDenoiser(torch.nn.Module):
         denoised, _cond_pred, _uncond_pred = sampling_function(self, denoiser_params=denoiser_params,
                                                              cond_scale=cond_scale,
                                                              cond_composition=cond_composition)
-        if self.mask is not None:
+        if self.mask is not None and not (self.patcher_family and self.mask_before_denoising):
             denoised = denoised * self.nmask + self.init_latent * self.mask
         self.sampler.last_latent = denoised
         sd_samplers_common.store_latent(denoised)
