@@ -23,12 +23,12 @@ find_python() {  # want, candidates...
 }
 
 status=0
-for leg in current users; do
+for leg in current users forge; do
     if [[ "$leg" == current ]]; then
         req=requirements-test.txt
         py=$(find_python 3.11 "${RIVAL_PY311:-}" python3.11 python3 /root/.pyenv/versions/3.11.7/bin/python)
     else
-        req=requirements-test-users.txt
+        req=requirements-test-$leg.txt
         py=$(find_python 3.10 "${RIVAL_PY310:-}" python3.10 /root/.pyenv/versions/3.10.13/bin/python)
     fi
     if [[ -z "$py" ]]; then
