@@ -174,7 +174,7 @@ class RivalSession(Alignment):
     @property
     def apart(self) -> bool:
         """Whether the reference rows run in a pass of their own now."""
-        return "forward" in vars(self.unet) if self.separate is None else self.separate
+        return replaced_forward(self.unet) if self.separate is None else self.separate
 
     def _before(self, module: nn.Module, args: Args, kwargs: Kwargs) -> tuple[Args, Kwargs] | None:
         self._plan(None)
@@ -188,6 +188,17 @@ class RivalSession(Alignment):
         self._plan(None)
         check_reached(plan, self.injector.applied, len(self.injector.layers))
         return self.rows.after(output)
+
+
+def replaced_forward(unet: nn.Module) -> bool:
+    """Whether another extension replaced the UNet's forward on the instance. sd-webui-controlnet puts back
+    ``model.forward = model._original_forward`` after its request: the class's own forward, bound, stays on the
+    instance for good, and is not a replacement."""
+    forward = vars(unet).get("forward")
+    if forward is None:
+        return False
+    own = getattr(forward, "__func__", None) is type(unet).forward and getattr(forward, "__self__", None) is unet
+    return not own
 
 
 def check_reached(plan: AttentionPlan | None, applied: int, layers: int) -> None:

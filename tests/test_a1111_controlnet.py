@@ -25,7 +25,10 @@ class ControlNetStandIn(scripts.Script):
     block's ``_forward`` becomes one that calls ``self.attn1`` itself (the block's own kept as
     ``_original_inner_forward_cn_hijack``): over its own context and a bank during the request (here a fixed feature:
     the reference's effect), over all rows of the call at once with StyleAlign; the mode stays what the last hooked
-    request set (``attention_auto_machine``). With units but neither, the blocks' own are put back."""
+    request set (``attention_auto_machine``). With units but neither, the blocks' own are put back. A request with
+    units also replaces the UNet's ``forward`` on the instance (``model.forward = forward_webui``, the old one kept as
+    ``_original_forward``) and ``restore`` (``postprocess``, and the start of the next request with units) puts back
+    ``model.forward = model._original_forward``: the class's forward, bound, stays on the instance for good."""
 
     def __init__(self) -> None:
         self.units: list[dict] = []
@@ -46,6 +49,10 @@ class ControlNetStandIn(scripts.Script):
         style_align = self.ui_batch_option_state[1]
         if not self.enabled_units and not style_align:
             return
+        unet = unet_of(p.sd_model)
+        self.restore(unet)
+        unet._original_forward = unet.forward
+        unet.forward = self.forward_webui(unet._original_forward)
         blocks = [m for m in unet_of(p.sd_model).modules() if hasattr(m, "attn1") and hasattr(m, "attn2")]
         if style_align or any("reference" in u["module"] for u in self.enabled_units):
             self.mode = "style_align" if style_align else "reference"
@@ -58,6 +65,22 @@ class ControlNetStandIn(scripts.Script):
             for block in blocks:
                 if getattr(block, OWN, None) is not None:
                     block._forward = getattr(block, OWN)
+
+    def postprocess(self, p, processed, *args):
+        self.restore(unet_of(p.sd_model))
+
+    @staticmethod
+    def restore(unet) -> None:
+        if hasattr(unet, "_original_forward"):
+            unet.forward = unet._original_forward
+            del unet._original_forward
+
+    @staticmethod
+    def forward_webui(original):
+        def forward(*args, **kwargs):
+            return original(*args, **kwargs)
+
+        return forward
 
     @property
     def hacked(self):
@@ -108,12 +131,24 @@ def test_after_a_reference_request_rival_runs_as_in_a_fresh_webui(webui, mode):
     ControlNet's leftovers are put back as found."""
     model, module = webui
     controlnet = ControlNetStandIn()
-    fresh = generate(module, controlnet, enabled(), [])
-    generate(module, controlnet, None, REFERENCE if mode == "reference" else [], style_align=mode == "style_align")
-    assert leftovers(model) > 0
-    for _ in range(2):  # not just the first request after it
-        after = generate(module, controlnet, enabled(), [])
-        assert "off:" not in after.info and np.array_equal(pixels(after), pixels(fresh))
+    unet = unet_of(model)
+    calls = []  # the rows of each call of one self-attention layer: a pass of the reference's own would add calls
+    attn1 = next(m for name, m in unet.named_modules() if name.endswith("attn1"))
+    counter = attn1.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        fresh = generate(module, controlnet, enabled(), [])
+        calls[:] = []
+        generate(module, controlnet, enabled(), [])  # a repeat: the chain from the cache, as in the requests below
+        fresh_calls = list(calls)
+        generate(module, controlnet, None, REFERENCE if mode == "reference" else [], style_align=mode == "style_align")
+        assert leftovers(model) > 0 and "forward" in vars(unet)  # ControlNet's restore leaves the bound class forward
+        for _ in range(2):  # not just the first request after it
+            calls[:] = []
+            after = generate(module, controlnet, enabled(), [])
+            assert "off:" not in after.info and np.array_equal(pixels(after), pixels(fresh))
+            assert calls == fresh_calls  # the reference rides in the same calls: no pass of its own
+    finally:
+        counter.remove()
     assert leftovers(model) > 0 and hook_count(model) == 0
 
 
