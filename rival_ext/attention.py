@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .hooks import HookHandles
-from .masks import at_tokens, kept_tokens
+from .masks import kept_on_layer, on_layer
 from .params import AttentionMode
 
 CONTEXT_NAMES = ("context", "encoder_hidden_states")
@@ -202,13 +202,13 @@ def blended_output(out: Tensor, hidden: Tensor, own: Tensor, own_value: Tensor, 
         sources = term.sources.to(own.device)
         ref, ref_v = pool[sources], pool_v[sources]
         if term.kept is not None:
-            tokens = kept_tokens(term.kept, ref.shape[1]).to(own.device)
+            tokens = kept_on_layer(term.kept, ref.shape[1], own.device)
             ref, ref_v = ref[:, tokens], ref_v[:, tokens]
         if plan.mode is AttentionMode.CONCAT:
             ref, ref_v = torch.cat([ref, mine], dim=1), torch.cat([ref_v, mine_v], dim=1)
         total = total + term.weight * (attend(x, ref, ref_v) - plain)
     if plan.where is not None:
-        total = total * at_tokens(plan.where, x.shape[1]).to(total)[None, :, None]
+        total = total * on_layer(plan.where, x.shape[1], total.device, total.dtype)[None, :, None]
     blended = out.clone()
     blended[g:] = plain + total
     return blended

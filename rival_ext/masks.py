@@ -9,6 +9,7 @@ latent grid, and averaged again onto a layer's coarser token grid. An all-white 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -27,6 +28,19 @@ def latent_mask(image: Image.Image | None, width: int, height: int) -> Tensor | 
     gray = fit(to_rgb(image), width, height).convert("L").resize((width // 8, height // 8), Image.Resampling.BOX)
     mask = torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)
     return None if bool((mask >= 1.0).all()) else mask
+
+
+@lru_cache(maxsize=64)
+def on_layer(mask: Tensor, tokens: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``at_tokens`` on the layer's device and dtype, computed once per mask and grid: a blended plan asks for it at
+    every layer of every call (masks are never changed in place; the cache holds a pass's few small tensors)."""
+    return at_tokens(mask, tokens).to(device, dtype)
+
+
+@lru_cache(maxsize=64)
+def kept_on_layer(mask: Tensor, tokens: int, device: torch.device) -> Tensor:
+    """``kept_tokens`` on the layer's device, computed once per reference mask and grid (as ``on_layer``)."""
+    return kept_tokens(mask, tokens).to(device)
 
 
 def at_tokens(mask: Tensor, tokens: int) -> Tensor:
